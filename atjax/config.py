@@ -1,0 +1,144 @@
+"""Experiment configs: Python files with `get_config(arg=None)` plus command-line overrides.
+
+Every CLI takes `--config configs/x.py[:arg]` and any number of `--config.field=value`
+(ml_collections' config_flags). Configs are locked after loading, so a misspelt field is an
+error that names it instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+from typing import Sequence
+
+import ml_collections
+
+# Fields every training config must carry (the trainer and the docs rely on them).
+REQUIRED_TRAIN_FIELDS = (
+    "seed",
+    "batch_size",
+    "total_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+)
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied."""
+
+
+def _load_module(path: pathlib.Path):
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_atjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg=None)")
+    return module
+
+
+def _parse_value(text: str, current):
+    """Parses an override the way config_flags does: typed by the field's current value."""
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"expected a boolean, got {text!r}")
+    if isinstance(current, str) or current is None:
+        if current is None:
+            try:
+                return ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return text
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ConfigError(f"cannot parse {text!r}") from e
+    if isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+    """Sets `config.<dotted> = text` (parsed), naming the field when it does not exist."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    walked = []
+    for name in parents:
+        walked.append(name)
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            raise ConfigError(f"unknown config field: {'.'.join(walked)}")
+        node = node[name]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ConfigError(f"unknown config field: {dotted}")
+    try:
+        node[leaf] = _parse_value(text, node[leaf])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config field {dotted}: {e}") from e
+
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` and applies `field=value` overrides (same syntax as the CLIs).
+
+    Raises ConfigError naming any unknown field.
+    """
+    path, _, arg = spec.partition(":")
+    module = _load_module(pathlib.Path(path))
+    config = module.get_config(arg or None)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
+    config.lock()
+    for item in overrides:
+        item = item.removeprefix("--config.").removeprefix("config.")
+        field, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"override {item!r} is not field=value")
+        apply_override(config, field, value)
+    return config
+
+
+def check_train_config(config: ml_collections.ConfigDict) -> None:
+    missing = [f for f in REQUIRED_TRAIN_FIELDS if f not in config]
+    if missing:
+        raise ConfigError(f"training config lacks required fields: {', '.join(missing)}")
+
+
+def split_config_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
+    """Splits argv into (config spec, config overrides, the rest).
+
+    Accepts `--config X`, `--config=X` and `--config.a.b=v` / `--config.a.b v`.
+    """
+    spec, overrides, rest = None, [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--config":
+            if i + 1 >= len(args):
+                raise ConfigError("--config needs a value")
+            spec = args[i + 1]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+        elif a.startswith("--config."):
+            body = a[len("--config."):]
+            if "=" in body:
+                overrides.append(body)
+            else:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"{a} needs a value")
+                overrides.append(f"{body}={args[i + 1]}")
+                i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return spec, overrides, rest
