@@ -1,0 +1,23 @@
+"""`python -m atjax.bench {train_step,search} ...`: benchmarks that print JSON lines.
+
+train_step: the real training step on synthetic batches (atjax.bench.train_step).
+search:     exact / approximate search latency over generated embeddings (atjax.bench.search).
+"""
+
+import sys
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("train_step", "search"):
+        print(__doc__)
+        return 2
+    if argv[0] == "train_step":
+        from atjax.bench import train_step as bench
+    else:
+        from atjax.bench import search as bench
+    return bench.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

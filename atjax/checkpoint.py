@@ -1,0 +1,81 @@
+"""Orbax checkpoints of a training run: resume, best-by-validation, retention.
+
+Layout of a workdir:
+  config.json            the resolved experiment config (written once)
+  checkpoints/<step>/    periodic: train state + input position (keep the latest N)
+  best/<step>/           the best by the validation metric (keep 1), same items
+The input position is saved in the same checkpoint as the state, so a resumed run sees
+exactly the examples it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int, best_metric: str | None,
+                 best_mode: str = "max"):
+        workdir = pathlib.Path(workdir).absolute()
+        self.best_metric = best_metric
+        self.latest = ocp.CheckpointManager(
+            workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_names=("state", "input"))
+        self.best = None
+        if best_metric:
+            self.best = ocp.CheckpointManager(
+                workdir / "best",
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
+                    best_mode=best_mode),
+                item_names=("state", "input"))
+
+    @staticmethod
+    def _args(state, input_state):
+        return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  input=ocp.args.JsonSave(input_state or {}))
+
+    def save(self, step: int, state: Any, input_state: dict | None, *, force: bool = False):
+        self.latest.save(step, args=self._args(state, input_state), force=force)
+
+    def save_best(self, step: int, state: Any, input_state: dict | None,
+                  metrics: dict[str, float]) -> None:
+        if self.best is None or self.best_metric not in metrics:
+            return
+        self.best.save(step, args=self._args(state, input_state), metrics=metrics)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, step: int, abstract_state: Any, *, best: bool = False):
+        """Returns (state, input_state) with the shardings of `abstract_state`."""
+        manager = self.best if best else self.latest
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), input=ocp.args.JsonRestore()))
+        logging.info("restored step %d from %s", step, manager.directory)
+        return restored.state, dict(restored.input or {})
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        if self.best is not None:
+            self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        if self.best is not None:
+            self.best.close()
+
+
+def abstract_like(tree: Any, sharding=None) -> Any:
+    """ShapeDtypeStructs (optionally with a sharding) to restore into."""
+    def to_struct(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                    sharding=sharding if sharding is not None else
+                                    getattr(x, "sharding", None))
+    return jax.tree.map(to_struct, tree)

@@ -1,0 +1,173 @@
+"""The dual encoder: audio encoder + Agg/Proj head, text encoder + Agg/Proj head.
+
+Built from the `config.model` block of an experiment config. Construction never touches
+files, so `nnx.eval_shape(lambda: build(config))` gives the abstract model for restoring
+checkpoints; `load_pretrained` then fills the encoders from the released weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from atjax import heads
+from atjax.encoders import panns
+from atjax.encoders import text as text_lib
+from atjax import frontend
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: temperature never below 0.01
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    if config.compute_dtype not in DTYPES:
+        raise ValueError(f"model.compute_dtype must be one of {sorted(DTYPES)}, "
+                         f"got {config.compute_dtype!r}")
+    return DTYPES[config.compute_dtype]
+
+
+def audio_config(config: ml_collections.ConfigDict) -> panns.ResNetConfig:
+    """ResNetConfig from `config.audio`: an architecture name plus field overrides."""
+    a = config.audio
+    factories = {"resnet22": panns.resnet22, "resnet38": panns.resnet38,
+                 "resnet54": panns.resnet54}
+    if a.arch not in factories:
+        raise ValueError(f"model.audio.arch must be one of {sorted(factories)}, got {a.arch!r}")
+    fe = frontend.FrontendConfig(**dict(a.frontend))
+    return factories[a.arch](frontend=fe, **dict(a.network))
+
+
+def text_config(config: ml_collections.ConfigDict) -> text_lib.TextEncoderConfig:
+    """TextEncoderConfig: a Table 1 preset, or the local folder's config.json ("auto")."""
+    t = config.text
+    if t.encoder == "auto":
+        if not t.path:
+            raise ValueError("model.text.encoder='auto' reads config.json from model.text.path, "
+                             "which is empty")
+        base = text_lib.TextEncoderConfig.from_hf_config(t.path)
+    else:
+        base = text_lib.preset(t.encoder)
+    overrides = {k: v for k, v in dict(t.overrides).items() if v}
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def chunk_samples(config: ml_collections.ConfigDict) -> int | None:
+    """Samples per chunk for the Transformer head's audio sequence (None for the MLP head)."""
+    if config.head != "transformer":
+        return None
+    return int(round(config.chunk_seconds * config.audio.frontend.sample_rate))
+
+
+def clip_samples(config: ml_collections.ConfigDict) -> int:
+    """Training clip length, rounded down to a whole number of chunks when chunking."""
+    n = int(round(config.clip_seconds * config.audio.frontend.sample_rate))
+    c = chunk_samples(config)
+    if c is not None:
+        if n < c:
+            raise ValueError(f"model.clip_seconds={config.clip_seconds} is shorter than one "
+                             f"chunk (model.chunk_seconds={config.chunk_seconds})")
+        n = (n // c) * c
+    return n
+
+
+class DualEncoder(nnx.Module):
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        dtype = compute_dtype(config)
+        self.head_kind = config.head
+        self.freeze_text = bool(config.text.freeze)
+        self.chunk_samples = chunk_samples(config)
+        self.audio_encoder = panns.ResNet(audio_config(config), dtype=dtype, rngs=rngs)
+        self.text_encoder = text_lib.TextEncoder(text_config(config), dtype=dtype, rngs=rngs)
+        self.audio_head = heads.make_head(
+            config.head, self.audio_encoder.output_dim, config.embed_dim,
+            dropout_rate=config.head_dropout, dtype=dtype, rngs=rngs)
+        self.text_head = heads.make_head(
+            config.head, self.text_encoder.output_dim, config.embed_dim,
+            dropout_rate=config.head_dropout, dtype=dtype, rngs=rngs)
+        init_scale = jnp.asarray(math.log(1.0 / config.temperature), jnp.float32)
+        # A fixed temperature is a non-Param variable, so the optimizer never sees it.
+        param_type = nnx.Param if config.learn_temperature else nnx.Variable
+        self.log_logit_scale = param_type(init_scale)
+
+    @property
+    def logit_scale(self) -> jax.Array:
+        return jnp.minimum(jnp.exp(self.log_logit_scale[...]), MAX_LOGIT_SCALE)
+
+    def encode_audio(self, waveform: jax.Array) -> jax.Array:
+        """`[B, N]` float waveform at the model's rate -> `[B, embed_dim]` (unnormalised)."""
+        if self.chunk_samples is None:
+            return self.audio_head(self.audio_encoder(waveform)["embedding"])
+        n = waveform.shape[1]
+        if n % self.chunk_samples:
+            # Pad the last partial chunk with silence rather than dropping audio.
+            pad = self.chunk_samples - n % self.chunk_samples
+            waveform = jnp.pad(waveform, ((0, 0), (0, pad)))
+        chunks = self.audio_encoder(waveform, chunk_samples=self.chunk_samples)
+        return self.audio_head(chunks["chunk_embeddings"])
+
+    def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        hidden = self.text_encoder(input_ids, attention_mask)
+        if self.freeze_text:
+            # No gradient flows into a frozen encoder, so XLA drops its backward pass.
+            hidden = jax.lax.stop_gradient(hidden)
+        if self.text_head.pooled:
+            return self.text_head(hidden[:, 0])  # [CLS] / <s>
+        return self.text_head(hidden, attention_mask.astype(bool))
+
+    def __call__(self, audio, input_ids, attention_mask) -> tuple[jax.Array, jax.Array]:
+        return self.encode_audio(audio), self.encode_text(input_ids, attention_mask)
+
+
+def build(config: ml_collections.ConfigDict, seed: int = 0) -> DualEncoder:
+    """A randomly initialised model (no file access)."""
+    return DualEncoder(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1, augment=seed + 2))
+
+
+def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> None:
+    """Fills the encoders with released weights where the config names them."""
+    if config.audio.checkpoint:
+        pretrained = panns.from_checkpoint(config.audio.checkpoint, audio_config(config),
+                                           dtype=compute_dtype(config))
+        nnx.update(model.audio_encoder, nnx.state(pretrained, nnx.Param, nnx.BatchStat))
+    if config.text.path and config.text.pretrained:
+        text_lib.load_weights(model.text_encoder, config.text.path)
+
+
+def make_tokenizer(config: ml_collections.ConfigDict) -> text_lib.Tokenizer:
+    if not config.text.path:
+        raise ValueError("model.text.path must name a local Hugging Face folder holding the "
+                         "tokenizer files (and config/weights when pretrained)")
+    return text_lib.Tokenizer(config.text.path, max_length=config.text.max_length)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The paper's model: ResNet38 (PANNs weights) + RoBERTa-Large, MLP heads to 1024-d."""
+    c = ml_collections.ConfigDict()
+    c.head = "mlp"                 # "mlp" (baseline) | "transformer" (the paper's proposal)
+    c.embed_dim = 1024
+    c.head_dropout = 0.1
+    c.compute_dtype = "float32"    # "float32" | "bfloat16"; parameters stay float32
+    c.temperature = 0.07
+    c.learn_temperature = True
+    c.clip_seconds = 10.0
+    c.chunk_seconds = 1.0          # the Transformer head's audio step (1 s in the paper)
+    c.audio = ml_collections.ConfigDict()
+    c.audio.arch = "resnet38"
+    c.audio.checkpoint = ""        # PANNs .pth or converted orbax dir; "" = random init
+    c.audio.frontend = ml_collections.ConfigDict(dataclasses.asdict(frontend.FrontendConfig()))
+    # Field overrides of the ResNet family (e.g. widths, blocks, embed_dim) for small models.
+    c.audio.network = ml_collections.ConfigDict()
+    c.text = ml_collections.ConfigDict()
+    c.text.encoder = "roberta-large"   # a Table 1 preset, or "auto" for path/config.json
+    c.text.path = ""                   # local Hugging Face folder (tokenizer, config, weights)
+    c.text.pretrained = True           # load the folder's weights (False: random init)
+    c.text.max_length = 32
+    c.text.freeze = False              # the paper fine-tunes the text encoder
+    c.text.overrides = ml_collections.ConfigDict(
+        dict(num_layers=0, hidden_size=0, num_heads=0, intermediate_size=0))  # 0 = keep
+    return c

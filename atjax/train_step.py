@@ -1,0 +1,136 @@
+"""The training step: a pure function of the train state and one global batch.
+
+The model is split once (`nnx.split`) into a static graph definition and array state; the
+jitted step merges them, so no Python-side graph traversal slows the compiled step (see
+style.md). Dropout and SpecAugment keys are derived from (seed, step), never carried in
+the state: a resumed run draws exactly the randomness an uninterrupted run would have.
+
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from atjax import loss as loss_lib
+from atjax import model as model_lib
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State
+    batch_stats: nnx.State
+    opt_state: PyTree
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """The paper's StepLR: lr * gamma ** floor(step / decay_every) (+ optional warmup)."""
+    opt = config.optimizer
+    schedule = optax.exponential_decay(
+        init_value=opt.learning_rate, transition_steps=max(1, opt.decay_every_steps),
+        decay_rate=opt.decay_rate, staircase=True)
+    if opt.warmup_steps:
+        warmup = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
+        schedule = optax.join_schedules([warmup, schedule], [opt.warmup_steps])
+    return schedule
+
+
+def _param_labels(params: nnx.State, freeze_text: bool) -> PyTree:
+    """"text" / "frozen" for the text encoder's parameters, "trained" for the rest."""
+    def label(path, _):
+        if path and getattr(path[0], "key", path[0]) == "text_encoder":
+            return "frozen" if freeze_text else "text"
+        return "trained"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _adam(config: ml_collections.ConfigDict, scale: float) -> optax.GradientTransformation:
+    opt = config.optimizer
+    schedule = learning_rate_schedule(config)
+    lr = schedule if scale == 1.0 else (lambda step: scale * schedule(step))
+    if opt.name == "adam":
+        return optax.adam(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+    if opt.name == "adamw":
+        return optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                           weight_decay=opt.weight_decay)
+    raise ValueError(f"optimizer.name must be 'adam' or 'adamw', got {opt.name!r}")
+
+
+def make_optimizer(config: ml_collections.ConfigDict, params: nnx.State
+                   ) -> optax.GradientTransformation:
+    """Adam(W) with the StepLR schedule; the text encoder can be frozen
+    (`model.text.freeze`) or trained at a scaled rate (`optimizer.text_learning_rate_scale`)."""
+    opt = config.optimizer
+    text_scale = float(opt.get("text_learning_rate_scale", 1.0))
+    tx = optax.multi_transform(
+        {"trained": _adam(config, 1.0), "text": _adam(config, text_scale),
+         "frozen": optax.set_to_zero()},
+        _param_labels(params, bool(config.model.text.freeze)))
+    if opt.grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+    return tx
+
+
+def split_model(model: model_lib.DualEncoder):
+    """(train graphdef, eval graphdef, params, batch_stats, rest).
+
+    `rest` holds the RNG streams and non-trainable variables (a fixed temperature); it is
+    constant through training.
+    """
+    model.train()
+    train_def, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    model.eval()
+    eval_def = nnx.graphdef(model)
+    model.train()
+    return train_def, eval_def, params, batch_stats, rest
+
+
+def step_keys(base_key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+    key = jax.random.fold_in(base_key, step)
+    dropout, augment = jax.random.split(key)
+    return {"dropout": dropout, "augment": augment}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rest: nnx.State,
+               base_key: jax.Array, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.batch_stats, rest)
+        nnx.reseed(model, **step_keys(base_key, state.step))
+        audio, text = model(batch["audio"], batch["input_ids"], batch["attention_mask"])
+        loss, metrics = loss_lib.info_nce(audio, text, model.logit_scale)
+        return loss, (metrics, nnx.state(model, nnx.BatchStat))
+
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                           opt_state=opt_state)
+    return new_state, metrics
+
+
+def jit_train_step(graphdef, tx, state_sharding, batch_sharding, replicated):
+    """The compiled step: state replicated and donated, batch sharded along "data"."""
+    return jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx),
+        in_shardings=(state_sharding, batch_sharding, replicated, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,))
+
+
+def init_state(params: nnx.State, batch_stats: nnx.State,
+               tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params))

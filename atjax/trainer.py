@@ -1,0 +1,297 @@
+"""The one trainer behind every experiment: InfoNCE training of the dual encoder,
+data-parallel over every device of every host, with checkpoints, validation, early
+stopping, preemption handling and metrics logging.
+
+The loop follows nanodo: step N+1 is dispatched before step N's metrics are read on the
+host, so the accelerator never waits for Python. Checkpoints are written only for states
+whose loss is known to be finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import signal
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from atjax import checkpoint as ckpt_lib
+from atjax import config as config_lib
+from atjax import inference
+from atjax import model as model_lib
+from atjax import sharding
+from atjax import train_step as step_lib
+
+
+class TrainInputProtocol(Protocol):
+    def __next__(self) -> dict[str, np.ndarray]: ...
+    def get_state(self) -> dict: ...
+    def set_state(self, state: dict) -> None: ...
+
+
+InputFactory = Callable[..., TrainInputProtocol]
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def default_input_factory(config, *, batch_size, sample_rate, clip_samples, chunk_samples,
+                          tokenizer, seed, process_index, process_count):
+    # Lazy: the input pipeline is the only part of training that needs TensorFlow.
+    from data_pipeline import pipeline
+
+    return pipeline.TrainInput(
+        config.data, batch_size=batch_size, sample_rate=sample_rate,
+        clip_samples=clip_samples, chunk_samples=chunk_samples, tokenizer=tokenizer,
+        seed=seed, process_index=process_index, process_count=process_count)
+
+
+class MetricsWriter:
+    """metrics.jsonl (one object per logged step) + TensorBoard summaries, on process 0."""
+
+    def __init__(self, workdir: pathlib.Path, enabled: bool):
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            self._file = open(workdir / "metrics.jsonl", "a")
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            except ImportError:  # TensorBoard summaries are a convenience, not a requirement
+                logging.warning("tensorboardX not installed: no TensorBoard summaries")
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, float(v), int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (save, then exit)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker)
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            # Every host must agree, or the collective save would deadlock.
+            from jax.experimental import multihost_utils
+            flag = multihost_utils.process_allgather(np.int32(self.requested))
+            return bool(np.max(flag)) or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    stopped_early: bool
+    preempted: bool
+    best: dict[str, float]
+
+
+class Trainer:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                 input_factory: InputFactory = default_input_factory,
+                 evaluate_fn: Callable[[inference.Embedder], dict[str, float]] | None = None,
+                 progress: bool = True):
+        config_lib.check_train_config(config)
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mesh = sharding.make_mesh()
+        self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
+        self.is_main = jax.process_index() == 0
+        self.progress = progress and self.is_main
+        self._write_config()
+
+        m = config.model
+        self.checkpoints = ckpt_lib.Checkpoints(
+            self.workdir, keep=config.keep_checkpoints,
+            best_metric=config.best_metric or None, best_mode=config.best_mode)
+        self.resume_step = self.checkpoints.latest_step()
+        model = model_lib.build(m, seed=config.seed)
+        if self.resume_step is None:
+            model_lib.load_pretrained(model, m)  # a resumed run has these in its checkpoint
+        self.tokenizer = model_lib.make_tokenizer(m)
+        self.train_def, self.eval_def, params, batch_stats, self.rest = \
+            step_lib.split_model(model)
+        self.tx = step_lib.make_optimizer(config, params)
+        replicated = sharding.replicated(self.mesh)
+        state = step_lib.init_state(params, batch_stats, self.tx)
+        self.state = jax.device_put(state, replicated)
+        self.rest = jax.device_put(self.rest, replicated)
+        self.base_key = jax.device_put(jax.random.key(config.seed), replicated)
+        self.step_fn = step_lib.jit_train_step(
+            self.train_def, self.tx, replicated, sharding.batch_sharded(self.mesh), replicated)
+
+        self.input = input_factory(
+            config, batch_size=self.local_batch, sample_rate=m.audio.frontend.sample_rate,
+            clip_samples=model_lib.clip_samples(m), chunk_samples=model_lib.chunk_samples(m),
+            tokenizer=self.tokenizer, seed=config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count())
+        self.evaluate_fn = evaluate_fn
+
+    def _write_config(self) -> None:
+        if self.is_main:
+            (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+
+    def embedder(self) -> inference.Embedder:
+        return inference.Embedder(self.config, self.eval_def, self.state.params,
+                                  self.state.batch_stats, self.rest, self.tokenizer)
+
+    def _restore(self) -> int:
+        if self.resume_step is None:
+            return 0
+        abstract = ckpt_lib.abstract_like(self.state)
+        self.state, input_state = self.checkpoints.restore(self.resume_step, abstract)
+        self.input.set_state(input_state)
+        logging.info("resuming from step %d", self.resume_step)
+        return self.resume_step
+
+    def _save(self, step: int, *, force: bool = False) -> None:
+        self.checkpoints.save(step, self.state, self.input.get_state(), force=force)
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        if self.evaluate_fn is None:
+            return {}
+        start = time.perf_counter()
+        metrics = {f"val/{k}": float(v) for k, v in self.evaluate_fn(self.embedder()).items()}
+        metrics["val/seconds"] = time.perf_counter() - start
+        return metrics
+
+    def train(self) -> TrainResult:
+        c = self.config
+        step = self._restore()
+        writer = MetricsWriter(self.workdir, self.is_main)
+        schedule = step_lib.learning_rate_schedule(c)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=c.total_steps, initial=step, desc="train", unit="step",
+                       dynamic_ncols=True)
+        best_value, evals_without_improvement, stopped_early, preempted = None, 0, False, False
+        best_metrics: dict[str, float] = {}
+        pending = None  # (step, metrics on device) of the previous step, read one step late
+        last_time, last_step = time.perf_counter(), step
+
+        def check(entry) -> dict[str, float]:
+            done_step, device_metrics = entry
+            values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+            if not math.isfinite(values["loss"]):
+                raise NonFiniteLossError(
+                    f"non-finite loss {values['loss']} at step {done_step}; the last "
+                    f"checkpoint in {self.workdir / 'checkpoints'} is kept unchanged")
+            return values
+
+        with _Preemption() as preemption:
+            try:
+                while step < c.total_steps:
+                    batch = sharding.global_batch(next(self.input), self.mesh)
+                    self.state, metrics = self.step_fn(self.state, batch, self.rest,
+                                                       self.base_key)
+                    step += 1
+                    if pending is not None:
+                        values = check(pending)
+                        if pending[0] % c.log_every_steps == 0:
+                            now = time.perf_counter()
+                            rate = (pending[0] - last_step) * c.batch_size / (now - last_time)
+                            values["learning_rate"] = float(schedule(pending[0] - 1))
+                            values["examples_per_second"] = rate
+                            writer.write(pending[0], values)
+                            last_time, last_step = now, pending[0]
+                            if bar is not None:
+                                bar.set_postfix(loss=f"{values['loss']:.4f}",
+                                                ex_s=f"{rate:.1f}")
+                    pending = (step, metrics)
+                    if bar is not None:
+                        bar.update(1)
+
+                    eval_now = c.eval_every_steps and (step % c.eval_every_steps == 0
+                                                       or step == c.total_steps)
+                    save_now = step % c.checkpoint_every_steps == 0 or step == c.total_steps
+                    stop_now = preemption.reached(step)
+                    if eval_now or save_now or stop_now:
+                        check(pending)  # never checkpoint or evaluate a non-finite state
+                    if eval_now:
+                        val = self._evaluate(step)
+                        if val:
+                            writer.write(step, val)
+                            key = f"val/{c.best_metric}" if c.best_metric else None
+                            if key in val:
+                                better = (best_value is None or
+                                          (val[key] > best_value if c.best_mode == "max"
+                                           else val[key] < best_value))
+                                if better:
+                                    best_value, evals_without_improvement = val[key], 0
+                                    best_metrics = val
+                                else:
+                                    evals_without_improvement += 1
+                                self.checkpoints.save_best(
+                                    step, self.state, self.input.get_state(),
+                                    {c.best_metric: val[key]})
+                            if (c.early_stopping_patience
+                                    and evals_without_improvement >= c.early_stopping_patience):
+                                logging.info("early stopping at step %d: no improvement of "
+                                             "%s in %d evaluations", step, c.best_metric,
+                                             evals_without_improvement)
+                                stopped_early = True
+                    if save_now or stop_now or stopped_early:
+                        self._save(step, force=True)
+                    if stop_now:
+                        preempted = True
+                        break
+                    if stopped_early:
+                        break
+                if pending is not None:
+                    values = check(pending)
+                    if pending[0] % c.log_every_steps == 0 and pending[0] > last_step:
+                        now = time.perf_counter()
+                        values["learning_rate"] = float(schedule(pending[0] - 1))
+                        values["examples_per_second"] = (
+                            (pending[0] - last_step) * c.batch_size / (now - last_time))
+                        writer.write(pending[0], values)
+            finally:
+                self.checkpoints.wait()
+                writer.close()
+                if bar is not None:
+                    bar.close()
+        self.checkpoints.close()
+        return TrainResult(step=step, stopped_early=stopped_early, preempted=preempted,
+                           best=best_metrics)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# A Cloud TPU VM pod slice: the same command runs on every worker; jax.distributed
+# discovers the slice by itself (ATJAX_DISTRIBUTED=1 asks atjax to call
+# jax.distributed.initialize() with no arguments). The workdir should be a bucket
+# path (gs://...) or a shared filesystem that every worker sees.
+#
+#   launch/tpu_pod.sh my-tpu us-central2-b configs/paper.py:table5-mlp-original \
+#       gs://bucket/runs/t5 --config.model.text.path=/data/hf/roberta-large ...
+#
+# Install first on every worker (same command via --worker=all):
+#   pip install 'atjax[data,tpu] @ git+<your fork>'  (or copy the repo and pip install -e '.[data,tpu]')
+set -euo pipefail
+tpu=${1:?usage: $0 TPU_NAME ZONE CONFIG WORKDIR [--config.field=value ...]}
+zone=${2:?usage: $0 TPU_NAME ZONE CONFIG WORKDIR [...]}
+config=${3:?usage: $0 TPU_NAME ZONE CONFIG WORKDIR [...]}
+workdir=${4:?usage: $0 TPU_NAME ZONE CONFIG WORKDIR [...]}
+shift 4
+extra=$(printf ' %q' "$@")
+gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command \
+  "cd ~/atjax && ATJAX_DISTRIBUTED=1 python -m atjax.train --config $(printf %q "$config") --workdir $(printf %q "$workdir") --no_progress$extra"
