@@ -78,5 +78,5 @@ def get_config(arg=None):
 
     c.evals = ml_collections.ConfigDict()
     c.evals.audiocaps_val = ml_collections.ConfigDict(dict(
-        type="retrieval", dataset="audiocaps", split="validation"))
+        type="retrieval", dataset="audiocaps", split="val"))
     return c
