@@ -21,12 +21,17 @@ from atjax import model as model_lib
 
 
 def _local(tree):
-    """Host-local copies of replicated global arrays. Evaluation then runs on each host
-    independently (validation sets are small), with no cross-host collectives."""
+    """Single-device copies of (possibly multi-host, replicated) arrays. Evaluation then
+    runs on each host independently (validation sets are small), with no cross-host
+    collectives."""
+    device = jax.local_devices()[0]
+
     def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            x = x.addressable_data(0)
-        return jax.device_put(np.asarray(x))
+        if isinstance(x, jax.Array):
+            if not x.is_fully_addressable:
+                x = x.addressable_data(0)
+            return jax.device_put(x, device)
+        return x
     return jax.tree.map(one, tree)
 
 

@@ -106,7 +106,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rest: nnx.State,
                base_key: jax.Array, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
     def loss_fn(params):
-        model = nnx.merge(graphdef, params, state.batch_stats, rest)
+        model = nnx.merge(graphdef, params, state.batch_stats, rest, copy=True)
         nnx.reseed(model, **step_keys(base_key, state.step))
         audio, text = model(batch["audio"], batch["input_ids"], batch["attention_mask"])
         loss, metrics = loss_lib.info_nce(audio, text, model.logit_scale)

@@ -1,0 +1,449 @@
+"""`python -m atjax.index AUDIO_DIR --model BUNDLE --out INDEX`: embed a folder of audio.
+
+Every audio file under AUDIO_DIR (recursively; hidden files and folders and symlinked
+folders are skipped) is cut into overlapping windows (default: the model's clip
+length, else 10 s, with a hop of half a window; a file shorter than a window is one window
+padded with silence) and each window is embedded, so that a search hit can point at the
+moment a sound happens. Running the command again on an existing INDEX only embeds new or
+changed files (size + mtime first, then the content hash), follows renamed files without
+re-embedding them, and drops deleted ones. A file that cannot be decoded is listed and
+skipped. Work is committed every --commit-every files; a killed run loses at most the
+batch in flight and the next run continues from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import itertools
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import Iterator
+
+import numpy as np
+
+from atjax import audio_index as store
+
+log = logging.getLogger("atjax.index")
+
+DEFAULT_WINDOW_SECONDS = 10.0
+# What the data pipeline decodes: libsndfile formats, plus what audioread reaches via ffmpeg.
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif",
+    ".aiff", ".aifc", ".au", ".caf", ".w64", ".rf64", ".webm", ".wma",
+})
+
+
+@dataclasses.dataclass
+class IndexReport:
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    still_failing: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    windows: int = 0
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+    compacted_rows: int = 0
+    files_in_index: int = 0
+    windows_in_index: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.added} new, {self.changed} changed, {self.moved} moved, "
+                f"{self.removed} removed, {self.unchanged} unchanged, "
+                f"{len(self.failed)} undecodable; embedded {self.windows} windows "
+                f"({self.audio_seconds / 3600:.2f} h of audio) in {self.seconds:.1f} s; "
+                f"the index holds {self.files_in_index} files, "
+                f"{self.windows_in_index} windows")
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """float32 mono at `sample_rate`; raises a ValueError naming the file if undecodable."""
+    from data_pipeline import audio  # lazy: soundfile/soxr are only needed to decode
+
+    return audio.load(path, sample_rate)
+
+
+def default_window_seconds(model) -> float:
+    """The model's clip length if it tells one (the length it was trained on), else 10 s."""
+    clip = getattr(model, "clip_seconds", None)
+    if clip is None:
+        # atjax.inference.Embedder carries its experiment config.
+        try:
+            clip = model.config.model.clip_seconds
+        except AttributeError:
+            clip = None
+    return float(clip) if clip else DEFAULT_WINDOW_SECONDS
+
+
+def window_starts(num_samples: int, window: int, hop: int) -> np.ndarray:
+    """Window start offsets (samples) covering [0, num_samples).
+
+    Windows start every `hop`; if the last one stops short of the end, one more window
+    ending exactly at the end is added, so the tail of a file is never missed. A signal of
+    at most one window gives the single start 0 (the caller pads it).
+    """
+    if window < 1 or hop < 1:
+        raise ValueError(f"window and hop must be at least one sample, got {window}, {hop}")
+    if num_samples <= window:
+        return np.zeros(1, np.int64)
+    starts = np.arange(0, num_samples - window + 1, hop, dtype=np.int64)
+    if starts[-1] + window < num_samples:
+        starts = np.append(starts, num_samples - window)
+    return starts
+
+
+def window(wave: np.ndarray, start: int, length: int) -> np.ndarray:
+    piece = wave[start:start + length]
+    return piece if len(piece) == length else np.pad(piece, (0, length - len(piece)))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_folder(root: pathlib.Path) -> tuple[dict[str, tuple[pathlib.Path, store.FileStat]],
+                                               list[tuple[str, str]]]:
+    """Audio files under `root` by '/'-separated relative path, plus names we cannot store."""
+    found, unusable = {}, []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
+                continue
+            path = pathlib.Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                unusable.append((ascii(rel), "file name is not valid UTF-8"))
+                continue
+            try:
+                st = path.stat()
+            except OSError as e:  # a dangling symlink, or a file deleted under us
+                unusable.append((rel, f"cannot stat: {e}"))
+                continue
+            if path.is_file():
+                found[rel] = (path, store.FileStat(st.st_size, st.st_mtime_ns))
+    return found, unusable
+
+
+@dataclasses.dataclass
+class _Job:
+    rel: str
+    path: pathlib.Path
+    stat: store.FileStat
+    old: store.FileEntry | None
+    same_as: frozenset[str]    # hashes for which the file needs no decoding
+
+
+@dataclasses.dataclass
+class _Decoded:
+    job: _Job
+    sha: str
+    audio: np.ndarray | None = None
+    error: str | None = None
+    same: bool = False         # content equals one of job.same_as
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A decoded file whose windows are being embedded (possibly over several batches)."""
+    job: _Job
+    sha: str
+    duration: float
+    starts: np.ndarray         # seconds
+    embeddings: np.ndarray
+    remaining: int
+
+
+def _decode(job: _Job, sample_rate: int) -> _Decoded:
+    try:
+        sha = sha256_file(job.path)
+    except OSError as e:
+        return _Decoded(job, "", error=f"cannot read: {e}")
+    if sha in job.same_as:
+        return _Decoded(job, sha, same=True)
+    try:
+        return _Decoded(job, sha, audio=load_audio(job.path, sample_rate))
+    except (ValueError, OSError) as e:  # AudioDecodeError is a ValueError
+        return _Decoded(job, sha, error=str(e))
+
+
+def _prefetch(pool, fn, items, lookahead: int) -> Iterator:
+    """fn(item) for items in order, computed up to `lookahead` items ahead on `pool`."""
+    items = iter(items)
+    queue = collections.deque(pool.submit(fn, x) for x in itertools.islice(items, lookahead))
+    while queue:
+        result = queue.popleft().result()
+        for x in items:
+            queue.append(pool.submit(fn, x))
+            break
+        yield result
+
+
+def build_index(audio_dir: str | os.PathLike, model, index_dir: str | os.PathLike, *,
+                bundle: str | None = None, window_seconds: float | None = None,
+                hop_seconds: float | None = None, dtype: str | None = None,
+                batch_size: int = 16, commit_every: int = 16, decode_workers: int = 2,
+                progress: bool = True) -> IndexReport:
+    """Creates or updates the index at `index_dir` for the audio under `audio_dir`.
+
+    `model` follows the embedder protocol. `bundle` is recorded so that search can load the
+    same model later. window/hop/dtype default to the index's own settings when it exists.
+    """
+    t0 = time.perf_counter()
+    root = pathlib.Path(audio_dir).absolute()
+    if not root.is_dir():
+        raise FileNotFoundError(f"audio folder not found: {audio_dir}")
+    if batch_size < 1 or commit_every < 1:
+        raise ValueError(f"batch_size and commit_every must be >= 1, got {batch_size}, "
+                         f"{commit_every}")
+    index = _open_for(root, model, pathlib.Path(index_dir), bundle, window_seconds,
+                      hop_seconds, dtype)
+    try:
+        report = _update(index, root, model, batch_size, commit_every, decode_workers,
+                         progress)
+        dead = index.dead_rows()
+        if dead > index.state()[1] - dead:  # more dead rows than live ones
+            report.compacted_rows = index.compact()
+        rows, row_file = index.segments()
+        report.windows_in_index = int(np.count_nonzero(row_file >= 0))
+        report.files_in_index = len(index.files(with_errors=False))
+    finally:
+        index.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _open_for(root, model, index_dir, bundle, window_seconds, hop_seconds, dtype):
+    for attr in ("embed_audio", "embed_text", "sample_rate"):
+        if not hasattr(model, attr):
+            raise TypeError(f"the model lacks {attr!r} (see the embedder protocol)")
+    if not (index_dir / store.DB_NAME).exists():
+        window_seconds = window_seconds or default_window_seconds(model)
+        record = store.model_record(model, bundle=bundle, window_seconds=window_seconds)
+        settings = store.Settings(
+            dim=len(record["fingerprint"]["audio"][0]), dtype=dtype or "float16",
+            window_seconds=float(window_seconds),
+            hop_seconds=float(hop_seconds or window_seconds / 2),
+            sample_rate=int(model.sample_rate), root=str(root))
+        return store.AudioIndex.create(index_dir, settings, record)
+    index = store.AudioIndex.open(index_dir, writable=True)
+    try:
+        s = index.settings
+        asked = {"window_seconds": window_seconds, "hop_seconds": hop_seconds, "dtype": dtype,
+                 "root": str(root)}
+        for name, value in asked.items():
+            if value is not None and value != getattr(s, name):
+                raise store.AudioIndexError(
+                    f"{index_dir} was built with {name}={getattr(s, name)!r}; got {value!r}. "
+                    "Use a new --out for different settings.")
+        index.check_model(model)
+        if bundle is not None and os.path.abspath(bundle) != index.model_record["bundle"]:
+            index.set_model_record({**index.model_record, "bundle": os.path.abspath(bundle)})
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+def _update(index, root, model, batch_size, commit_every, decode_workers, progress):
+    from tqdm import tqdm
+
+    report = IndexReport()
+    s = index.settings
+    sr = s.sample_rate
+    window_len = int(round(s.window_seconds * sr))
+    hop_len = max(1, int(round(s.hop_seconds * sr)))
+    known = {e.path: e for e in index.files()}
+    on_disk, unusable = scan_folder(root)
+    report.failed.extend(unusable)
+
+    missing = {p: e for p, e in known.items() if p not in on_disk}
+    missing_by_sha = collections.defaultdict(list)
+    for e in missing.values():
+        missing_by_sha[e.sha256].append(e)
+    jobs = []
+    for rel, (path, st) in on_disk.items():
+        old = known.get(rel)
+        if old is not None and (old.size, old.mtime_ns) == (st.size, st.mtime_ns):
+            report.unchanged += 1
+            if old.error:
+                report.still_failing.append((rel, old.error))
+            continue
+        # A changed stat with the old hash is a touched file; a new path with the hash of
+        # a vanished one is a rename. Neither needs decoding.
+        same_as = frozenset([old.sha256]) if old else frozenset(missing_by_sha)
+        jobs.append(_Job(rel, path, st, old, same_as))
+
+    changes = store.ChangeSet()
+    bar = tqdm(total=sum(j.stat.size for j in jobs), unit="B", unit_scale=True,
+               unit_divisor=1024, desc="embedding", disable=not progress or not jobs,
+               mininterval=1.0, file=sys.stderr)
+    frames, refs = [], []
+    done_files = 0
+
+    def maybe_commit(force=False):
+        nonlocal changes
+        if len(changes) and (force or len(changes) >= commit_every):
+            index.commit(changes)
+            changes = store.ChangeSet()
+
+    def finish(p: _Pending):
+        if not np.all(np.isfinite(p.embeddings)):
+            fail(p.job, p.sha, "the model returned non-finite embeddings")
+            return
+        changes.add(p.job.rel, p.job.stat, p.sha, p.duration, p.embeddings, p.starts)
+        if p.job.old is None:
+            report.added += 1
+        else:
+            report.changed += 1
+        report.windows += len(p.starts)
+        report.audio_seconds += p.duration
+        maybe_commit()
+
+    def fail(job, sha, error):
+        changes.add_failed(job.rel, job.stat, sha, error)
+        report.failed.append((job.rel, error))
+        bar.write(f"skipped {job.rel}: {error}", file=sys.stderr)
+        maybe_commit()
+
+    def flush():
+        if not frames:
+            return
+        out = np.asarray(model.embed_audio(np.stack(frames), sr), np.float32)
+        if out.shape != (len(frames), s.dim):
+            raise ValueError(f"model.embed_audio returned shape {out.shape} for "
+                             f"{len(frames)} windows; expected ({len(frames)}, {s.dim})")
+        for (p, i), vector in zip(refs, out, strict=True):
+            p.embeddings[i] = vector
+            p.remaining -= 1
+            if p.remaining == 0:
+                finish(p)
+        frames.clear()
+        refs.clear()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, decode_workers))
+    try:
+        for result in _prefetch(pool, lambda j: _decode(j, sr), jobs, decode_workers + 1):
+            job = result.job
+            if result.same and job.old is not None:
+                changes.restat_file(job.rel, job.stat)
+                report.unchanged += 1
+                maybe_commit()
+            elif result.same and missing_by_sha.get(result.sha):
+                gone = missing_by_sha[result.sha].pop()
+                del missing[gone.path]
+                changes.move(gone.path, job.rel, job.stat)
+                report.moved += 1
+                maybe_commit()
+            else:
+                if result.same:  # its twin was claimed by an earlier rename: decode after all
+                    result = _decode(dataclasses.replace(job, same_as=frozenset()), sr)
+                if result.error is not None:
+                    fail(job, result.sha, result.error)
+                else:
+                    audio = result.audio
+                    starts = window_starts(len(audio), window_len, hop_len)
+                    p = _Pending(job, result.sha, len(audio) / sr, starts / sr,
+                                 np.zeros((len(starts), s.dim), np.float32), len(starts))
+                    for i, start in enumerate(starts):
+                        frames.append(window(audio, int(start), window_len))
+                        refs.append((p, i))
+                        if len(frames) == batch_size:
+                            flush()
+            done_files += 1
+            bar.update(job.stat.size)
+            bar.set_postfix_str(f"{done_files}/{len(jobs)} files, {len(report.failed)} skipped",
+                                refresh=False)
+        flush()
+        for path in missing:
+            changes.remove(path)
+            report.removed += 1
+        maybe_commit(force=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m atjax.index", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("audio_dir", help="folder of audio files (searched recursively)")
+    parser.add_argument("--out", required=True, help="index folder (created or updated)")
+    parser.add_argument("--model", help="export bundle or training workdir; required for a "
+                        "new index, defaults to the one the index records")
+    parser.add_argument("--window", type=float, help="window length in seconds "
+                        "(default: the model's clip length, else 10)")
+    parser.add_argument("--hop", type=float, help="hop between windows in seconds "
+                        "(default: half a window)")
+    parser.add_argument("--dtype", choices=sorted(store.DTYPES),
+                        help="storage of the embeddings (default float16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per model call")
+    parser.add_argument("--commit-every", type=int, default=16,
+                        help="files per committed batch (what a crash can lose)")
+    parser.add_argument("--approximate", action="store_true",
+                        help="also build/extend the approximate (IVF) index for fast search "
+                             "over many millions of windows")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    bundle = args.model
+    if bundle is None:
+        try:
+            with store.AudioIndex.open(args.out) as existing:
+                bundle = existing.model_record.get("bundle")
+        except store.AudioIndexError:
+            parser.error(f"--model is required to create the index {args.out}")
+        if bundle is None:
+            parser.error(f"{args.out} records no model bundle; pass --model")
+    try:
+        import atjax
+
+        model = atjax.load(bundle)
+        report = build_index(args.audio_dir, model, args.out, bundle=bundle,
+                             window_seconds=args.window, hop_seconds=args.hop,
+                             dtype=args.dtype, batch_size=args.batch_size,
+                             commit_every=args.commit_every, progress=not args.no_progress)
+    except (FileNotFoundError, store.AudioIndexError, store.IndexBusyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: committed batches are kept; run the same command to continue",
+              file=sys.stderr)
+        return 130
+    print(f"{args.out}: {report.summary()}")
+    if report.failed:
+        print(f"skipped {len(report.failed)} files that could not be decoded:")
+        for rel, error in report.failed:
+            print(f"  {rel}: {error}")
+    if report.still_failing:
+        print(f"{len(report.still_failing)} unchanged files still cannot be decoded "
+              "(skipped again):")
+        for rel, error in report.still_failing:
+            print(f"  {rel}: {error}")
+    if args.approximate:
+        from atjax import search
+
+        with store.AudioIndex.open(args.out) as index:
+            search.ApproximateIndex.update(index)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

