@@ -45,6 +45,7 @@ class Embedder:
         self.sample_rate = int(config.model.audio.frontend.sample_rate)
         self.chunk_seconds = (float(config.model.chunk_seconds)
                               if config.model.head == "transformer" else None)
+        self.clip_seconds = float(config.model.clip_seconds)  # the training clip length
         self._chunk = model_lib.chunk_samples(config.model)
         state = _local((params, batch_stats, rest))
 
