@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="bundle folder to create")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     out = export(args.workdir, args.out)
     print(f"wrote {out}")
     return 0

@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.data_dir = str(pathlib.Path(args.data_dir or out / "data").absolute())

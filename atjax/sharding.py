@@ -72,6 +72,20 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // jax.process_count()
 
 
+def replicate(tree, mesh: Mesh):
+    """Places host-local values (identical on every host) as arrays replicated over the
+    whole mesh. Unlike `jax.device_put`, this works when the mesh spans other hosts."""
+    sharding = replicated(mesh)
+
+    def one(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = one(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(one, tree)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each host's slice into global arrays sharded along the data axis."""
     sharding = batch_sharded(mesh)

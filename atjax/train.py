@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     if spec is None:
         parser.error("--config is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     try:
         config = config_lib.load(spec, overrides)
     except config_lib.ConfigError as e:

@@ -155,9 +155,9 @@ class Trainer:
         self.tx = step_lib.make_optimizer(config, params)
         replicated = sharding.replicated(self.mesh)
         state = step_lib.init_state(params, batch_stats, self.tx)
-        self.state = jax.device_put(state, replicated)
-        self.rest = jax.device_put(self.rest, replicated)
-        self.base_key = jax.device_put(jax.random.key(config.seed), replicated)
+        self.state = sharding.replicate(state, self.mesh)
+        self.rest = sharding.replicate(self.rest, self.mesh)
+        self.base_key = sharding.replicate(jax.random.key(config.seed), self.mesh)
         self.step_fn = step_lib.jit_train_step(
             self.train_def, self.tx, replicated, sharding.batch_sharded(self.mesh), replicated)
 
@@ -198,6 +198,7 @@ class Trainer:
 
     def train(self) -> TrainResult:
         c = self.config
+        preemption = _Preemption().__enter__()  # as early as possible: a SIGTERM now still saves
         step = self._restore()
         writer = MetricsWriter(self.workdir, self.is_main)
         schedule = step_lib.learning_rate_schedule(c)
@@ -214,13 +215,15 @@ class Trainer:
         def check(entry) -> dict[str, float]:
             done_step, device_metrics = entry
             values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            if not math.isfinite(values["loss"]):
-                raise NonFiniteLossError(
-                    f"non-finite loss {values['loss']} at step {done_step}; the last "
-                    f"checkpoint in {self.workdir / 'checkpoints'} is kept unchanged")
+            # A finite loss with non-finite gradients still poisons the parameters.
+            for key in ("loss", "grad_norm"):
+                if not math.isfinite(values[key]):
+                    raise NonFiniteLossError(
+                        f"non-finite {key} {values[key]} at step {done_step}; the last "
+                        f"checkpoint in {self.workdir / 'checkpoints'} is kept unchanged")
             return values
 
-        with _Preemption() as preemption:
+        with preemption:
             try:
                 while step < c.total_steps:
                     batch = sharding.global_batch(next(self.input), self.mesh)

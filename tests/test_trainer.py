@@ -118,7 +118,8 @@ def test_sigterm_saves_and_resumes(reference_run, tmp_path):
          "--checkpoint_every", "100"],
         env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 400
-    while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+    metrics = workdir / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=400)

@@ -57,9 +57,9 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     del model
     tx = step_lib.make_optimizer(config, params)
     replicated = sharding.replicated(mesh)
-    state = jax.device_put(step_lib.init_state(params, batch_stats, tx), replicated)
-    rest = jax.device_put(rest, replicated)
-    key = jax.device_put(jax.random.key(0), replicated)
+    state = sharding.replicate(step_lib.init_state(params, batch_stats, tx), mesh)
+    rest = sharding.replicate(rest, mesh)
+    key = sharding.replicate(jax.random.key(0), mesh)
     step_fn = step_lib.jit_train_step(train_def, tx, replicated,
                                       sharding.batch_sharded(mesh), replicated)
     num_samples = model_lib.clip_samples(m)
