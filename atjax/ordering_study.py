@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     from atjax import report
     runs, _ = report.load_runs([str(out / name) for name in sorted(
         p.name for p in out.iterdir() if (p / "results.json").is_file())])
-    report.render(runs, out / "report")
+    (out / "report").mkdir(exist_ok=True)
+    (out / "report" / "report.md").write_text(report.render(runs, out / "report"))
     print(table)
     print(f"\nwrote {out / 'summary.md'}, {out / 'ordering.png'} and {out / 'report'} "
           f"in {time.perf_counter() - start:.0f} s")

@@ -52,8 +52,8 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.experiment = f"synthetic-{o['head']}-{o['batches']}"
     c.seed = 0
-    c.batch_size = 8 if tiny else 64
-    c.total_steps = 4 if tiny else 240
+    c.batch_size = 8 if tiny else 32
+    c.total_steps = 4 if tiny else 220
     c.log_every_steps = 1 if tiny else 10
     c.eval_every_steps = 0          # the study evaluates at the end (atjax.evaluate probes)
     c.checkpoint_every_steps = 2 if tiny else 100
@@ -85,7 +85,7 @@ def get_config(arg=None):
     m.audio.frontend.fmax = 8000.0
     m.audio.network = ml_collections.ConfigDict(dict(
         blocks=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_width=16,
-        embed_dim=256, num_classes=0 if False else 527))
+        embed_dim=256))
     if tiny:
         m.audio.network.widths = (4, 8, 8, 16)
         m.audio.network.stem_width = 4
@@ -93,7 +93,7 @@ def get_config(arg=None):
     m.text.encoder = "auto"
     m.text.path = minilm_path()
     m.text.pretrained = not tiny
-    m.text.max_length = 24
+    m.text.max_length = 20  # the longest corpus caption is 15 MiniLM tokens
     if tiny:
         m.text.overrides.num_layers = 1
         m.text.overrides.hidden_size = 32

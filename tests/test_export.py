@@ -1,0 +1,77 @@
+"""Export -> load -> embed round trip, and the exported built-in model driving the search CLIs."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+import atjax
+from atjax import config as config_lib
+from atjax import export as export_lib
+from atjax import testing
+from atjax import trainer as trainer_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TEXTS = ["A high beep before a low hum", "a low hum after a high beep", "rapid knocking"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("export") / "run"
+    config = config_lib.load(f"{ROOT}/configs/synthetic.py:size=tiny,head=transformer",
+                             ["total_steps=2", "checkpoint_every_steps=2"])
+    trainer = trainer_lib.Trainer(config, workdir, progress=False,
+                                  input_factory=lambda config, **kw: testing.ArrayInput(**kw))
+    trainer.train()
+    rng = np.random.default_rng(0)
+    audio = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (48000, 48000, 20000)]
+    embedder = trainer.embedder()
+    return workdir, audio, embedder.embed_audio(audio), embedder.embed_text(TEXTS)
+
+
+def test_bundle_round_trip_gives_the_trainers_embeddings(trained, tmp_path):
+    workdir, audio, audio_ref, text_ref = trained
+    bundle = export_lib.export(workdir, tmp_path / "bundle")
+    for source in (bundle, workdir):
+        model = atjax.load(source)
+        a = model.embed_audio(audio, model.sample_rate)
+        t = model.embed_text(TEXTS)
+        np.testing.assert_allclose(a, audio_ref, atol=1e-5)
+        np.testing.assert_allclose(t, text_ref, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert model.embed_audio(audio[:1], 32000).shape == (1, model.embed_dim)  # resampled
+    with pytest.raises(FileExistsError):
+        export_lib.export(workdir, bundle)
+
+
+def test_load_rejects_what_is_not_a_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither"):
+        atjax.load(tmp_path)
+
+
+def test_export_cli_and_search_clis_with_the_exported_model(trained, tmp_path):
+    workdir, *_ = trained
+    bundle = tmp_path / "bundle"
+    run = lambda *args: subprocess.run([sys.executable, "-m", *args], capture_output=True,
+                                       text=True, timeout=600, cwd=ROOT)
+    r = run("atjax.export", "--workdir", str(workdir), "--out", str(bundle))
+    assert r.returncode == 0, r.stderr[-2000:]
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    t = np.arange(16000 * 4) / 16000
+    soundfile.write(audio_dir / "beep.wav", 0.3 * np.sin(2 * np.pi * 2900 * t), 16000)
+    soundfile.write(audio_dir / "hum.flac", 0.3 * np.sin(2 * np.pi * 180 * t), 16000)
+    (audio_dir / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    r = run("atjax.index", str(audio_dir), "--model", str(bundle), "--out",
+            str(tmp_path / "index"), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "broken.wav" in r.stdout + r.stderr
+    r = run("atjax.search", str(tmp_path / "index"), "a high beep", "-k", "5", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    hits = json.loads(r.stdout)
+    hits = hits["results"] if isinstance(hits, dict) else hits
+    assert sorted(pathlib.Path(h["path"]).name for h in hits) == ["beep.wav", "hum.flac"]
