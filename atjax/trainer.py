@@ -197,8 +197,12 @@ class Trainer:
         return metrics
 
     def train(self) -> TrainResult:
+        # The handler goes in before the restore, so a SIGTERM during start-up still saves.
+        with _Preemption() as preemption:
+            return self._train(preemption)
+
+    def _train(self, preemption: _Preemption) -> TrainResult:
         c = self.config
-        preemption = _Preemption().__enter__()  # as early as possible: a SIGTERM now still saves
         step = self._restore()
         writer = MetricsWriter(self.workdir, self.is_main)
         schedule = step_lib.learning_rate_schedule(c)
@@ -223,78 +227,77 @@ class Trainer:
                         f"checkpoint in {self.workdir / 'checkpoints'} is kept unchanged")
             return values
 
-        with preemption:
-            try:
-                while step < c.total_steps:
-                    batch = sharding.global_batch(next(self.input), self.mesh)
-                    self.state, metrics = self.step_fn(self.state, batch, self.rest,
-                                                       self.base_key)
-                    step += 1
-                    if pending is not None:
-                        values = check(pending)
-                        if pending[0] % c.log_every_steps == 0:
-                            now = time.perf_counter()
-                            rate = (pending[0] - last_step) * c.batch_size / (now - last_time)
-                            values["learning_rate"] = float(schedule(pending[0] - 1))
-                            values["examples_per_second"] = rate
-                            writer.write(pending[0], values)
-                            last_time, last_step = now, pending[0]
-                            if bar is not None:
-                                bar.set_postfix(loss=f"{values['loss']:.4f}",
-                                                ex_s=f"{rate:.1f}")
-                    pending = (step, metrics)
-                    if bar is not None:
-                        bar.update(1)
-
-                    eval_now = c.eval_every_steps and (step % c.eval_every_steps == 0
-                                                       or step == c.total_steps)
-                    save_now = step % c.checkpoint_every_steps == 0 or step == c.total_steps
-                    stop_now = preemption.reached(step)
-                    if eval_now or save_now or stop_now:
-                        check(pending)  # never checkpoint or evaluate a non-finite state
-                    if eval_now:
-                        val = self._evaluate(step)
-                        if val:
-                            writer.write(step, val)
-                            key = f"val/{c.best_metric}" if c.best_metric else None
-                            if key in val:
-                                better = (best_value is None or
-                                          (val[key] > best_value if c.best_mode == "max"
-                                           else val[key] < best_value))
-                                if better:
-                                    best_value, evals_without_improvement = val[key], 0
-                                    best_metrics = val
-                                else:
-                                    evals_without_improvement += 1
-                                self.checkpoints.save_best(
-                                    step, self.state, self.input.get_state(),
-                                    {c.best_metric: val[key]})
-                            if (c.early_stopping_patience
-                                    and evals_without_improvement >= c.early_stopping_patience):
-                                logging.info("early stopping at step %d: no improvement of "
-                                             "%s in %d evaluations", step, c.best_metric,
-                                             evals_without_improvement)
-                                stopped_early = True
-                    if save_now or stop_now or stopped_early:
-                        self._save(step, force=True)
-                    if stop_now:
-                        preempted = True
-                        break
-                    if stopped_early:
-                        break
+        try:
+            while step < c.total_steps:
+                batch = sharding.global_batch(next(self.input), self.mesh)
+                self.state, metrics = self.step_fn(self.state, batch, self.rest,
+                                                   self.base_key)
+                step += 1
                 if pending is not None:
                     values = check(pending)
-                    if pending[0] % c.log_every_steps == 0 and pending[0] > last_step:
+                    if pending[0] % c.log_every_steps == 0:
                         now = time.perf_counter()
+                        rate = (pending[0] - last_step) * c.batch_size / (now - last_time)
                         values["learning_rate"] = float(schedule(pending[0] - 1))
-                        values["examples_per_second"] = (
-                            (pending[0] - last_step) * c.batch_size / (now - last_time))
+                        values["examples_per_second"] = rate
                         writer.write(pending[0], values)
-            finally:
-                self.checkpoints.wait()
-                writer.close()
+                        last_time, last_step = now, pending[0]
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{values['loss']:.4f}",
+                                            ex_s=f"{rate:.1f}")
+                pending = (step, metrics)
                 if bar is not None:
-                    bar.close()
+                    bar.update(1)
+
+                eval_now = c.eval_every_steps and (step % c.eval_every_steps == 0
+                                                   or step == c.total_steps)
+                save_now = step % c.checkpoint_every_steps == 0 or step == c.total_steps
+                stop_now = preemption.reached(step)
+                if eval_now or save_now or stop_now:
+                    check(pending)  # never checkpoint or evaluate a non-finite state
+                if eval_now:
+                    val = self._evaluate(step)
+                    if val:
+                        writer.write(step, val)
+                        key = f"val/{c.best_metric}" if c.best_metric else None
+                        if key in val:
+                            better = (best_value is None or
+                                      (val[key] > best_value if c.best_mode == "max"
+                                       else val[key] < best_value))
+                            if better:
+                                best_value, evals_without_improvement = val[key], 0
+                                best_metrics = val
+                            else:
+                                evals_without_improvement += 1
+                            self.checkpoints.save_best(
+                                step, self.state, self.input.get_state(),
+                                {c.best_metric: val[key]})
+                        if (c.early_stopping_patience
+                                and evals_without_improvement >= c.early_stopping_patience):
+                            logging.info("early stopping at step %d: no improvement of "
+                                         "%s in %d evaluations", step, c.best_metric,
+                                         evals_without_improvement)
+                            stopped_early = True
+                if save_now or stop_now or stopped_early:
+                    self._save(step, force=True)
+                if stop_now:
+                    preempted = True
+                    break
+                if stopped_early:
+                    break
+            if pending is not None:
+                values = check(pending)
+                if pending[0] % c.log_every_steps == 0 and pending[0] > last_step:
+                    now = time.perf_counter()
+                    values["learning_rate"] = float(schedule(pending[0] - 1))
+                    values["examples_per_second"] = (
+                        (pending[0] - last_step) * c.batch_size / (now - last_time))
+                    writer.write(pending[0], values)
+        finally:
+            self.checkpoints.wait()
+            writer.close()
+            if bar is not None:
+                bar.close()
         self.checkpoints.close()
         return TrainResult(step=step, stopped_early=stopped_early, preempted=preempted,
                            best=best_metrics)
