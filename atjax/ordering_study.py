@@ -127,7 +127,7 @@ def _plot(summary: dict[str, dict], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    keys = ("swap_r1_original", "swap_r1_swapped", "twin", "bat", "bat_order_blind")
+    keys = ("single_r1", "swap_r1_original", "swap_r1_swapped", "twin", "bat", "bat_order_blind")
     groups = list(summary)
     x = np.arange(len(groups))
     width = 0.8 / len(keys)
@@ -143,7 +143,7 @@ def _plot(summary: dict[str, dict], path: pathlib.Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share / recall")
     ax.set_title("Event order on the synthetic corpus (dashed: chance for twin and BAT)")
-    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
