@@ -1,0 +1,28 @@
+"""The GPU image has no TensorFlow: the model, loss, train step, trainer, export, benchmark
+and the paper's configs must import (and load) without it."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys
+import atjax.model, atjax.loss, atjax.train_step, atjax.trainer, atjax.export
+import atjax.inference, atjax.evaluate, atjax.probes.order, atjax.metrics
+import atjax.bench.train_step, atjax.bench.flops
+from atjax import config
+config.load("configs/paper.py:table5-transformer-acba")
+config.load("configs/synthetic.py:head=transformer,batches=order_hard")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_training_stack_imports_without_tensorflow():
+    r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith("ok")
