@@ -267,8 +267,9 @@ def test_given_config_must_match_the_folder(reference):
 
 def test_hub_name_without_local_folder_says_how_to_download(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    hub_name = "roberta-large"  # a hub id, not a local folder: must fail offline, with instructions
     with pytest.raises(FileNotFoundError, match="huggingface-cli download roberta-large --local-dir"):
-        text.from_pretrained("roberta-large")
+        text.from_pretrained(hub_name)
     with pytest.raises(FileNotFoundError, match="never downloads"):
         text.Tokenizer("FacebookAI/roberta-large")
 
