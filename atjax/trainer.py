@@ -90,9 +90,12 @@ class MetricsWriter:
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks between steps (save, then exit)."""
 
-    def __init__(self):
+    def __init__(self, sync_every: int = 1):
         self.requested = False
         self._previous = None
+        # Across hosts the flag needs an all-gather: a host round trip that the training
+        # loop should not pay every step, so hosts agree only every `sync_every` steps.
+        self.sync_every = max(1, int(sync_every))
 
     def __enter__(self):
         try:
@@ -110,12 +113,18 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
     def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            # Every host must agree, or the collective save would deadlock.
-            from jax.experimental import multihost_utils
-            flag = multihost_utils.process_allgather(np.int32(self.requested))
-            return bool(np.max(flag)) or multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        # The coordination service's own preemption notice: checked every step (it is a
+        # local lookup of a step the hosts already agreed on).
+        if multihost_utils.reached_preemption_sync_point(step):
+            return True
+        if step % self.sync_every:
+            return False
+        # Our SIGTERM flag: every host must agree, or the collective save would deadlock.
+        flag = multihost_utils.process_allgather(np.int32(self.requested))
+        return bool(np.max(flag))
 
 
 @dataclasses.dataclass
@@ -198,7 +207,7 @@ class Trainer:
 
     def train(self) -> TrainResult:
         # The handler goes in before the restore, so a SIGTERM during start-up still saves.
-        with _Preemption() as preemption:
+        with _Preemption(sync_every=self.config.log_every_steps) as preemption:
             return self._train(preemption)
 
     def _train(self, preemption: _Preemption) -> TrainResult:
