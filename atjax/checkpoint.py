@@ -56,10 +56,28 @@ class Checkpoints:
     def restore(self, step: int, abstract_state: Any, *, best: bool = False):
         """Returns (state, input_state) with the shardings of `abstract_state`."""
         manager = self.best if best else self.latest
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), input=ocp.args.JsonRestore()))
+
+        def attempt(target):
+            return manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), input=ocp.args.JsonRestore()))
+
+        try:
+            restored = attempt(abstract_state)
+            state = restored.state
+        except ValueError as error:
+            # Checkpoints written before the train state became plain dicts hold every
+            # dict leaf one level deeper, under "value" (how nnx.State flattened). Such a
+            # run resumes rather than losing its progress; anything else is re-raised.
+            try:
+                restored = attempt(_legacy_layout(abstract_state))
+            except ValueError:
+                raise error from None
+            state = _from_legacy_layout(restored.state)
+            logging.warning("step %d of %s has the older nnx.State layout (leaves under "
+                            "'value'); restored it into the current plain-dict layout",
+                            step, manager.directory)
         logging.info("restored step %d from %s", step, manager.directory)
-        return restored.state, dict(restored.input or {})
+        return state, dict(restored.input or {})
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -70,6 +88,22 @@ class Checkpoints:
         self.latest.close()
         if self.best is not None:
             self.best.close()
+
+
+def _is_legacy_leaf(x) -> bool:
+    return isinstance(x, dict) and set(x) == {"value"} and not isinstance(x["value"], dict)
+
+
+def _legacy_layout(tree: Any) -> Any:
+    """`tree` with each leaf whose parent is a dict moved under {"value": leaf}."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: {"value": x} if path and isinstance(path[-1], jax.tree_util.DictKey)
+        else x, tree)
+
+
+def _from_legacy_layout(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x["value"] if _is_legacy_leaf(x) else x, tree,
+                        is_leaf=_is_legacy_leaf)
 
 
 def abstract_like(tree: Any, sharding=None) -> Any:

@@ -85,8 +85,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(tmp.absolute() / "params", {"params": params.to_pure_dict(),
-                                           "batch_stats": batch_stats.to_pure_dict()})
+    ckptr.save(tmp.absolute() / "params", {"params": params, "batch_stats": batch_stats})
     ckptr.wait_until_finished()
     tokenizer = model_lib.make_tokenizer(config.model)
     tokenizer.save(tmp / "tokenizer")
@@ -114,10 +113,8 @@ def _load_bundle(bundle: pathlib.Path) -> inference.Embedder:
     config.model.text.path = str(bundle / "tokenizer")
     _, eval_def, params, batch_stats, _ = _abstract_model(config)
     restored = ocp.StandardCheckpointer().restore(
-        bundle.absolute() / "params",
-        {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()})
-    nnx.replace_by_pure_dict(params, restored["params"])
-    nnx.replace_by_pure_dict(batch_stats, restored["batch_stats"])
+        bundle.absolute() / "params", {"params": params, "batch_stats": batch_stats})
+    params, batch_stats = restored["params"], restored["batch_stats"]
     model = model_lib.build(config.model, seed=config.seed)
     *_, rest = step_lib.split_model(model)
     tokenizer = text_lib.Tokenizer(config.model.text.path, max_length=config.model.text.max_length)

@@ -37,7 +37,7 @@ def _local(tree):
 
 class Embedder:
     def __init__(self, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                 params: nnx.State, batch_stats: nnx.State, rest: nnx.State, tokenizer,
+                 params: dict, batch_stats: dict, rest: dict, tokenizer,
                  *, batch_size: int = 16):
         self.config = config
         self.tokenizer = tokenizer

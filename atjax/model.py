@@ -39,7 +39,9 @@ def audio_config(config: ml_collections.ConfigDict) -> panns.ResNetConfig:
     if a.arch not in factories:
         raise ValueError(f"model.audio.arch must be one of {sorted(factories)}, got {a.arch!r}")
     fe = frontend.FrontendConfig(**dict(a.frontend))
-    return factories[a.arch](frontend=fe, **dict(a.network))
+    # Configs written before batchnorm_one_pass existed lack it: None is the automatic choice.
+    fields = {"batchnorm_one_pass": a.get("batchnorm_one_pass"), **dict(a.network)}
+    return factories[a.arch](frontend=fe, **fields)
 
 
 def text_config(config: ml_collections.ConfigDict) -> text_lib.TextEncoderConfig:
@@ -100,24 +102,32 @@ class DualEncoder(nnx.Module):
 
     def encode_audio(self, waveform: jax.Array) -> jax.Array:
         """`[B, N]` float waveform at the model's rate -> `[B, embed_dim]` (unnormalised)."""
+        # Named scopes label the compiled ops in profiles (atjax.bench profile).
         if self.chunk_samples is None:
-            return self.audio_head(self.audio_encoder(waveform)["embedding"])
+            with jax.named_scope("audio_encoder"):
+                embedding = self.audio_encoder(waveform)["embedding"]
+            with jax.named_scope("audio_head"):
+                return self.audio_head(embedding)
         n = waveform.shape[1]
         if n % self.chunk_samples:
             # Pad the last partial chunk with silence rather than dropping audio.
             pad = self.chunk_samples - n % self.chunk_samples
             waveform = jnp.pad(waveform, ((0, 0), (0, pad)))
-        chunks = self.audio_encoder(waveform, chunk_samples=self.chunk_samples)
-        return self.audio_head(chunks["chunk_embeddings"])
+        with jax.named_scope("audio_encoder"):
+            chunks = self.audio_encoder(waveform, chunk_samples=self.chunk_samples)
+        with jax.named_scope("audio_head"):
+            return self.audio_head(chunks["chunk_embeddings"])
 
     def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        hidden = self.text_encoder(input_ids, attention_mask)
+        with jax.named_scope("text_encoder"):
+            hidden = self.text_encoder(input_ids, attention_mask)
         if self.freeze_text:
             # No gradient flows into a frozen encoder, so XLA drops its backward pass.
             hidden = jax.lax.stop_gradient(hidden)
-        if self.text_head.pooled:
-            return self.text_head(hidden[:, 0])  # [CLS] / <s>
-        return self.text_head(hidden, attention_mask.astype(bool))
+        with jax.named_scope("text_head"):
+            if self.text_head.pooled:
+                return self.text_head(hidden[:, 0])  # [CLS] / <s>
+            return self.text_head(hidden, attention_mask.astype(bool))
 
     def __call__(self, audio, input_ids, attention_mask) -> tuple[jax.Array, jax.Array]:
         return self.encode_audio(audio), self.encode_text(input_ids, attention_mask)
@@ -162,6 +172,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.audio.frontend = ml_collections.ConfigDict(dataclasses.asdict(frontend.FrontendConfig()))
     # Field overrides of the ResNet family (e.g. widths, blocks, embed_dim) for small models.
     c.audio.network = ml_collections.ConfigDict()
+    # BatchNorm statistics in one pass over the activations (True) or two (False); None:
+    # one for bfloat16 compute, two for float32 (atjax.encoders.panns.BatchNorm).
+    c.audio.batchnorm_one_pass = None
     c.text = ml_collections.ConfigDict()
     c.text.encoder = "roberta-large"   # a Table 1 preset, or "auto" for path/config.json
     c.text.path = ""                   # local Hugging Face folder (tokenizer, config, weights)

@@ -166,7 +166,7 @@ class Trainer:
         state = step_lib.init_state(params, batch_stats, self.tx)
         self.state = sharding.replicate(state, self.mesh)
         self.rest = sharding.replicate(self.rest, self.mesh)
-        self.base_key = sharding.replicate(jax.random.key(config.seed), self.mesh)
+        self.base_key = sharding.replicate(step_lib.base_key(config), self.mesh)
         self.step_fn = step_lib.jit_train_step(
             self.train_def, self.tx, replicated, sharding.batch_sharded(self.mesh), replicated)
 

@@ -45,6 +45,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.experiment = arg or "table1-roberta-large"
     c.seed = 0
+    c.rng_impl = "threefry2x32"  # dropout/SpecAugment PRNG; see train_step.RNG_IMPLS
     c.batch_size = BATCH_SIZE
     pairs = PRETRAIN_PAIRS + (ACBA_PAIRS if exp["data"] == "acba" else 0)
     steps_per_epoch = pairs // BATCH_SIZE

@@ -52,6 +52,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.experiment = f"synthetic-{o['head']}-{o['batches']}"
     c.seed = 0
+    c.rng_impl = "threefry2x32"  # dropout/SpecAugment PRNG; see train_step.RNG_IMPLS
     c.batch_size = 8 if tiny else 32
     c.total_steps = 4 if tiny else 200
     c.log_every_steps = 1 if tiny else 10

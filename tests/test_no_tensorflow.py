@@ -11,7 +11,7 @@ SCRIPT = """
 import sys
 import atjax.model, atjax.loss, atjax.train_step, atjax.trainer, atjax.export
 import atjax.inference, atjax.evaluate, atjax.probes.order, atjax.metrics
-import atjax.bench.train_step, atjax.bench.flops
+import atjax.bench.train_step, atjax.bench.flops, atjax.bench.profile
 from atjax import config
 config.load("configs/paper.py:table5-transformer-acba")
 config.load("configs/synthetic.py:head=transformer,batches=order_hard")

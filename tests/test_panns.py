@@ -251,6 +251,58 @@ def test_batchnorm_matches_a_hand_computation():
     np.testing.assert_array_equal(np.asarray(bn.mean.get_value()), running_mean)  # no update
 
 
+def test_one_pass_batchnorm_statistics():
+    # Activations far from zero (mean/std = 1000): the plain one-pass variance
+    # E[x^2] - E[x]^2 cancels in float32; shifted by a running mean near the batch mean it
+    # matches the two-pass statistics, values and gradients alike.
+    rng = np.random.default_rng(1)
+    x = (1000.0 + rng.standard_normal((512, 4, 8))).astype(np.float32)
+    x64 = x.astype(np.float64).reshape(-1, 8)
+    want = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-5)
+
+    def normalised(one_pass, shift):
+        bn = panns.BatchNorm(8, one_pass=one_pass)
+        bn.mean.set_value(jnp.full((8,), shift, jnp.float32))
+        return bn, np.asarray(bn(jnp.asarray(x)), np.float64).reshape(-1, 8)
+
+    _, two_pass = normalised(False, 0.0)
+    _, plain = normalised(True, 0.0)
+    shifted_bn, shifted = normalised(True, 999.0)
+    assert np.abs(two_pass - want).max() < 2e-4
+    assert np.abs(plain - want).max() > 1e-2  # the cancellation the shift avoids
+    assert np.abs(shifted - want).max() < 2e-4
+    # The running statistics get the same update either way.
+    two_bn, _ = normalised(False, 999.0)
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(getattr(shifted_bn, name).get_value(),
+                                   getattr(two_bn, name).get_value(), rtol=1e-5)
+    # Gradients with respect to the input and the scale.
+    cotangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+    def grads(one_pass):
+        bn = panns.BatchNorm(8, one_pass=one_pass)
+        bn.mean.set_value(jnp.full((8,), 999.0, jnp.float32))
+        graphdef, params, stats = nnx.split(bn, nnx.Param, nnx.BatchStat)
+
+        def f(params, x):
+            return jnp.sum(nnx.merge(graphdef, params, stats, copy=True)(x) * cotangent)
+        return jax.grad(f, argnums=(0, 1))(params, jnp.asarray(x))
+
+    (p1, x1), (p2, x2) = grads(True), grads(False)
+    np.testing.assert_allclose(x1, x2, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(p1["scale"].get_value(), p2["scale"].get_value(), rtol=1e-3, atol=1e-2)
+
+
+def test_batchnorm_passes_follow_the_compute_dtype():
+    for dtype, want in ((jnp.float32, False), (jnp.bfloat16, True)):
+        model = panns.ResNet(SMALL, dtype=dtype, rngs=nnx.Rngs(0))
+        assert model.conv_block1.bn1.one_pass is want
+        assert model.bn0.one_pass is False  # float32 log-mel input
+    forced = panns.ResNet(panns.ResNetConfig(**{**SMALL.to_dict(), "batchnorm_one_pass": False}),
+                          dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert forced.conv_block1.bn1.one_pass is False
+
+
 def test_training_batchnorm_matches_pytorch():
     # Dropout and SpecAugment off, so training mode is deterministic and comparable.
     config = panns.ResNetConfig(**{**SMALL.to_dict(), "spec_augment": False, "feature_dropout": 0.0,
@@ -411,6 +463,7 @@ def test_orbax_round_trip(tmp_path, small_state):
     ({"block": "wide"}, "block must be one of"),
     ({"widths": (8, 16, 0, 64)}, "widths must be positive"),
     ({"block_dropout": 1.0}, "block_dropout"),
+    ({"batchnorm_one_pass": "maybe"}, "batchnorm_one_pass must be"),
     ({"blocks": (1,) * 6, "widths": (8,) * 6}, "n_mels >= 128"),
 ])
 def test_config_validation(fields, match):

@@ -1,6 +1,8 @@
-"""`python -m atjax.bench {train_step,search} ...`: benchmarks that print JSON lines.
+"""`python -m atjax.bench {train_step,profile,search} ...`: benchmarks that print JSON lines.
 
 train_step: the real training step on synthetic batches (atjax.bench.train_step).
+profile:    where a training step's device time goes, by op category and model part
+            (atjax.bench.profile).
 search:     exact / approximate search latency over generated embeddings (atjax.bench.search).
 """
 
@@ -9,11 +11,13 @@ import sys
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("train_step", "search"):
+    if not argv or argv[0] not in ("train_step", "profile", "search"):
         print(__doc__)
         return 2
     if argv[0] == "train_step":
         from atjax.bench import train_step as bench
+    elif argv[0] == "profile":
+        from atjax.bench import profile as bench
     else:
         from atjax.bench import search as bench
     return bench.main(argv[1:])

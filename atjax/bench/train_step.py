@@ -4,16 +4,32 @@ Times the real training step (atjax.train_step: model, InfoNCE, optimizer, shard
 every local device) on synthetic batches, for each Agg/Proj head and compute dtype, and
 prints one JSON line per setting: device, step time, clips/s, analytic TFLOP per step
 (XLA's own estimate beside it as a cross-check), achieved TFLOP/s and share of the card's
-peak, and peak device memory. Needs no TensorFlow and no weights (random init).
+peak, peak device memory, and the host's share of a step. Needs no TensorFlow and no
+weights (random init).
+
+Steps are timed as the trainer runs them: dispatched back to back, the host never waiting
+for a step before dispatching the next (the trainer reads metrics one step late). Beside
+that, `step_ms_sync` times steps that each wait for their result (the host's dispatch
+then adds to the step), and `dispatch_ms` is how long a call of the step takes to return
+on the host: the host time per step that asynchronous dispatch must hide.
+
+`--profile DIR` then also traces a few steps and writes where the device time went
+(atjax.bench.profile) to DIR.
+
+Config overrides (`--config.field=value`) apply to every setting, e.g.
+`--config.rng_impl=rbg` or `--config.model.audio.network.spec_augment=False`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import pathlib
 import statistics
 import sys
 import time
+from typing import Any, Callable
 
 # Measured dense bf16 matmul rates (TFLOP/s) used as "peak"; override with --peak_tflops.
 PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0}
@@ -36,20 +52,51 @@ def _batch(rng, batch_size, num_samples, text_length, vocab_size):
     return {"audio": audio, "input_ids": ids * mask, "attention_mask": mask}
 
 
-def run_setting(config, head: str, dtype: str, args) -> dict:
+@dataclasses.dataclass
+class Setup:
+    """A compiled train step with its state and two synthetic global batches."""
+    config: Any
+    step_fn: Callable
+    compiled: Any
+    state: Any
+    batches: list
+    rest: Any
+    key: Any
+    num_samples: int
+    compile_s: float
+
+    def run(self, count: int, *, sync: bool = False) -> tuple[list[float], list[float]]:
+        """Runs `count` steps; returns (per-step wall times if sync, dispatch times)."""
+        import jax
+
+        walls, dispatches = [], []
+        metrics = None
+        for i in range(count):
+            start = time.perf_counter()
+            self.state, metrics = self.step_fn(self.state, self.batches[i % 2], self.rest,
+                                               self.key)
+            dispatches.append(time.perf_counter() - start)
+            if sync:
+                jax.block_until_ready(metrics["loss"])
+                walls.append(time.perf_counter() - start)
+        jax.block_until_ready((self.state, metrics))
+        self.metrics = metrics
+        return walls, dispatches
+
+
+def prepare(config, head: str, dtype: str, batch_size: int, text_length: int) -> Setup:
     import jax
     import numpy as np
 
     from atjax import model as model_lib
     from atjax import sharding
     from atjax import train_step as step_lib
-    from atjax.bench import flops as flops_lib
 
     config = config.copy_and_resolve_references()
     config.unlock()
     config.model.head = head
     config.model.compute_dtype = dtype
-    config.batch_size = args.batch_size
+    config.batch_size = batch_size
     m = config.model
     mesh = sharding.make_mesh()
     model = model_lib.build(m, seed=0)
@@ -59,57 +106,91 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     replicated = sharding.replicated(mesh)
     state = sharding.replicate(step_lib.init_state(params, batch_stats, tx), mesh)
     rest = sharding.replicate(rest, mesh)
-    key = sharding.replicate(jax.random.key(0), mesh)
+    key = sharding.replicate(step_lib.base_key(config), mesh)
     step_fn = step_lib.jit_train_step(train_def, tx, replicated,
                                       sharding.batch_sharded(mesh), replicated)
     num_samples = model_lib.clip_samples(m)
     text_cfg = model_lib.text_config(m)
     rng = np.random.default_rng(0)
     batches = [sharding.global_batch(
-        _batch(rng, args.batch_size, num_samples, args.text_length, text_cfg.vocab_size), mesh)
+        _batch(rng, batch_size, num_samples, text_length, text_cfg.vocab_size), mesh)
         for _ in range(2)]
-
+    start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0], rest, key).compile()
-    xla_flops = None
+    compile_s = time.perf_counter() - start
+    return Setup(config, step_fn, compiled, state, batches, rest, key, num_samples, compile_s)
+
+
+def xla_flops(compiled) -> float | None:
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        xla_flops = float(cost.get("flops", 0.0)) or None
+        return float(cost.get("flops", 0.0)) or None
     except Exception:  # cost analysis is optional per backend
-        pass
-    for i in range(args.warmup):
-        state, metrics = step_fn(state, batches[i % 2], rest, key)
-    jax.block_until_ready(state)
-    times = []
-    for i in range(args.steps):
+        return None
+
+
+def run_setting(config, head: str, dtype: str, args) -> dict:
+    import jax
+
+    from atjax.bench import flops as flops_lib
+
+    setup = prepare(config, head, dtype, args.batch_size, args.text_length)
+    m = setup.config.model
+    setup.run(args.warmup)
+    # Back-to-back windows of `steps` steps, as the trainer runs; the median window.
+    windows, dispatches = [], []
+    for _ in range(args.repeats):
         start = time.perf_counter()
-        state, metrics = step_fn(state, batches[i % 2], rest, key)
-        jax.block_until_ready(metrics["loss"])
-        times.append(time.perf_counter() - start)
-    loss = float(metrics["loss"])
-    step_s = statistics.median(times)
-    counted = flops_lib.train_step_flops(m, args.batch_size, num_samples, args.text_length)
+        _, dispatch = setup.run(args.steps)
+        windows.append((time.perf_counter() - start) / args.steps)
+        dispatches += dispatch
+    sync, _ = setup.run(args.sync_steps, sync=True) if args.sync_steps else ([], [])
+    loss = float(setup.metrics["loss"])
+    profiled = {}
+    if args.profile:
+        from atjax.bench import profile as profile_lib
+        folder = pathlib.Path(args.profile)
+        summary = profile_lib.capture(setup, args.profile_steps, folder)
+        profiled = {"profile": str(folder), "device_busy_ms": summary["device_busy_ms"],
+                    "device_idle_ms": summary["device_idle_ms"]}
+    step_s = statistics.median(windows)
+    counted = flops_lib.train_step_flops(m, args.batch_size, setup.num_samples,
+                                         args.text_length)
+    xla = xla_flops(setup.compiled)
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
     peak = args.peak_tflops or _peak_for(device.device_kind)
     achieved = counted["total"] / step_s / 1e12
     return {
         "bench": "train_step", "device": device.device_kind, "devices": jax.device_count(),
-        "head": head, "dtype": dtype, "batch_size": args.batch_size,
-        "clip_seconds": num_samples / m.audio.frontend.sample_rate,
+        "jax": jax.__version__, "head": head, "dtype": dtype,
+        "rng_impl": setup.config.get("rng_impl", "threefry2x32"),
+        "overrides": list(args.overrides), "batch_size": args.batch_size,
+        "clip_seconds": setup.num_samples / m.audio.frontend.sample_rate,
         "text_length": args.text_length, "text_encoder": m.text.encoder,
-        "step_ms": round(step_s * 1e3, 2), "step_ms_min": round(min(times) * 1e3, 2),
+        "step_ms": round(step_s * 1e3, 2), "step_ms_min": round(min(windows) * 1e3, 2),
+        "step_ms_sync": round(statistics.median(sync) * 1e3, 2) if sync else None,
+        "dispatch_ms": round(statistics.median(dispatches) * 1e3, 3),
         "clips_per_s": round(args.batch_size / step_s, 1),
         "tflop_per_step": round(counted["total"] / 1e12, 3),
         "tflop_per_step_audio": round(counted["audio"] / 1e12, 3),
         "tflop_per_step_text": round(counted["text"] / 1e12, 3),
-        "tflop_per_step_xla": round(xla_flops / 1e12, 3) if xla_flops else None,
+        "tflop_per_step_xla": round(xla / 1e12, 3) if xla else None,
         "achieved_tflops": round(achieved, 1),
         "peak_fraction": round(achieved / peak, 3) if peak else None,
         "peak_memory_gib": round(stats["peak_bytes_in_use"] / 2**30, 2)
         if "peak_bytes_in_use" in stats else None,
+        "compile_s": round(setup.compile_s, 1),
         "loss": round(loss, 4),
+        **profiled,
     }
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--text_length", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=3)
 
 
 def main(argv=None) -> int:
@@ -122,13 +203,21 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", default="mlp,transformer")
     parser.add_argument("--dtypes", default="bfloat16,float32")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--text_length", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    add_common_args(parser)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    parser.add_argument("--repeats", type=int, default=3, help="timed windows")
+    parser.add_argument("--sync_steps", type=int, default=5,
+                        help="steps timed one by one, each waiting for its result")
     parser.add_argument("--peak_tflops", type=float, default=None)
+    parser.add_argument("--profile", default=None,
+                        help="after timing, trace steps and write where the device time "
+                             "went to this folder (atjax.bench.profile; one setting only)")
+    parser.add_argument("--profile_steps", type=int, default=3)
     parser.add_argument("--out", default=None, help="also append the JSON lines here")
     args = parser.parse_args(rest)
+    args.overrides = overrides
+    if args.profile and len(args.heads.split(",")) * len(args.dtypes.split(",")) > 1:
+        parser.error("--profile writes one folder: give one head and one dtype")
     config = config_lib.load(spec or "configs/paper.py", overrides)
     for head in args.heads.split(","):
         for dtype in args.dtypes.split(","):
@@ -136,6 +225,7 @@ def main(argv=None) -> int:
                 result = run_setting(config, head, dtype, args)
             except Exception as e:  # one failing setting (e.g. out of memory) should not hide the rest
                 result = {"bench": "train_step", "head": head, "dtype": dtype,
+                          "overrides": list(overrides),
                           "error": f"{type(e).__name__}: {str(e)[:500]}"}
             line = json.dumps(result)
             print(line, flush=True)

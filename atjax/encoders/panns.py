@@ -87,6 +87,9 @@ class ResNetConfig:
     block_dropout: float = 0.1  # inside every residual block
     pooled_dropout: float = 0.5  # on the pooled features, before fc1
     embedding_dropout: float = 0.5  # on the returned embedding
+    # BatchNorm statistics in one read of the activations (True) or two (False); None:
+    # one for bfloat16 compute, two for float32 (see BatchNorm). bn0 always takes two.
+    batchnorm_one_pass: bool | None = None
 
     def __post_init__(self):
         # Lists from JSON or ml_collections become tuples so that configs stay hashable.
@@ -106,6 +109,9 @@ class ResNetConfig:
         for name, values in counts.items():
             if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
                 raise ValueError(f"ResNetConfig.{name} must be positive integers, got {values}")
+        if self.batchnorm_one_pass not in (None, True, False):
+            raise ValueError("ResNetConfig.batchnorm_one_pass must be None (automatic), True "
+                             f"or False, got {self.batchnorm_one_pass!r}")
         if self.block not in _BLOCK_TYPES:
             raise ValueError(
                 f"ResNetConfig.block must be one of {_BLOCK_TYPES}, got {self.block!r}")
@@ -171,10 +177,16 @@ class BatchNorm(nnx.Module):
     variance (n / (n - 1)), as PyTorch does, so fine-tuning a PANNs checkpoint keeps the
     statistics it was trained with. `momentum` is Flax's (decay of the running average):
     0.9 is PyTorch's momentum 0.1.
+
+    Training-mode statistics take two passes over the activations in float32 compute
+    (PyTorch's accuracy, for checkpoint parity) and one pass, shifted by the running mean,
+    in reduced-precision compute (`one_pass`), where BatchNorm's reads of the large early
+    activations are a visible part of the step.
     """
 
     def __init__(self, num_features: int, *, dtype=jnp.float32, scale_init: float = 1.0,
-                 epsilon: float = 1e-5, momentum: float = 0.9, use_running_average: bool = False):
+                 epsilon: float = 1e-5, momentum: float = 0.9, use_running_average: bool = False,
+                 one_pass: bool | None = None):
         self.scale = nnx.Param(jnp.full((num_features,), scale_init, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
@@ -183,6 +195,8 @@ class BatchNorm(nnx.Module):
         self.epsilon = epsilon
         self.momentum = momentum
         self.use_running_average = use_running_average
+        # None: one pass for reduced-precision compute, two passes for float32.
+        self.one_pass = (jnp.dtype(dtype) != jnp.float32) if one_pass is None else one_pass
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -190,12 +204,25 @@ class BatchNorm(nnx.Module):
             mean, var = self.mean.get_value(), self.var.get_value()
         else:
             axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x32, axes)
-            # Two passes, as accurate as PyTorch's Welford. The one-pass E[x^2] - E[x]^2
-            # saves a read of the activations but cancels badly where few values are
-            # normalised (deep layers of short clips): 6e-4 relative error on a test
-            # embedding, against 9e-6 with this.
-            var = jnp.mean(jnp.square(x32 - mean), axes)
+            if self.one_pass:
+                # Mean and variance from one read of the activations (XLA fuses the two
+                # sums), about the shifted values x - K with K the running mean: once K
+                # tracks the batch mean, E[(x-K)^2] - (E[x]-K)^2 does not cancel the way
+                # the plain E[x^2] - E[x]^2 does; its gradient is the exact one. Used for
+                # bfloat16 compute, whose activations carry 4e-3 relative rounding anyway.
+                shift = jax.lax.stop_gradient(self.mean.get_value())
+                centred = x32 - shift
+                mean_centred = jnp.mean(centred, axes)
+                var = jnp.maximum(
+                    jnp.mean(jnp.square(centred), axes) - jnp.square(mean_centred), 0.0)
+                mean = mean_centred + shift
+            else:
+                # Two passes, as accurate as PyTorch's Welford (float32 parity). The plain
+                # one-pass E[x^2] - E[x]^2 cancels badly where few values are normalised
+                # (deep layers of short clips): 6e-4 relative error on a test embedding,
+                # against 9e-6 with this.
+                mean = jnp.mean(x32, axes)
+                var = jnp.mean(jnp.square(x32 - mean), axes)
             count = x.size // x.shape[-1]
             unbiased = var * (count / max(count - 1, 1))
             m = self.momentum
@@ -337,6 +364,10 @@ class ResNet(nnx.Module):
         self.embedding_dropout = nnx.Dropout(config.embedding_dropout, rngs=rngs)
         self.fc_audioset = nnx.Linear(config.embed_dim, config.num_classes, dtype=dtype,
                                       kernel_init=_xavier, rngs=rngs)
+        if config.batchnorm_one_pass is not None:
+            for _, module in self.iter_modules():
+                if isinstance(module, BatchNorm) and module is not self.bn0:
+                    module.one_pass = config.batchnorm_one_pass
 
     @property
     def output_dim(self) -> int:
@@ -377,23 +408,31 @@ class ResNet(nnx.Module):
                 f"{self.config.downsampling}x, which needs at least "
                 f"{self.config.min_samples} samples "
                 f"({self.config.min_samples / self.config.frontend.sample_rate:.3f} s)")
-        x = self.bn0(self.logmel(waveform))  # [B, T, mels], float32
+        # The named scopes label the compiled ops by network part for profiles
+        # (python -m atjax.bench profile); they cost nothing at run time.
+        with jax.named_scope("frontend"):
+            x = self.bn0(self.logmel(waveform))  # [B, T, mels], float32
         if self.spec_augment is not None:
-            x = self.spec_augment(x)
-        x = x[..., None].astype(self.dtype)  # NHWC with one channel
-        x = self.feature_dropout(self.conv_block1(x, pool=True))
-        for stage in self.stages:
-            for block in stage:
-                x = block(x)
-        x = self.feature_dropout(_avg_pool_2x2(x))
-        x = self.feature_dropout(self.conv_block_after1(x, pool=False))
-        # Global pooling in float32: a mean over mels, then max + mean over time.
-        x = jnp.mean(x.astype(jnp.float32), axis=2)
-        x = jnp.max(x, axis=1) + jnp.mean(x, axis=1)
-        x = self.pooled_dropout(x.astype(self.dtype))
-        x = nnx.relu(self.fc1(x))
-        clipwise = nnx.sigmoid(self.fc_audioset(x))
-        embedding = self.embedding_dropout(x)
+            with jax.named_scope("spec_augment"):
+                x = self.spec_augment(x)
+        with jax.named_scope("conv_block1"):
+            x = x[..., None].astype(self.dtype)  # NHWC with one channel
+            x = self.feature_dropout(self.conv_block1(x, pool=True))
+        for index, stage in enumerate(self.stages):
+            with jax.named_scope(f"stage{index + 1}"):
+                for block in stage:
+                    x = block(x)
+        with jax.named_scope("conv_block_after1"):
+            x = self.feature_dropout(_avg_pool_2x2(x))
+            x = self.feature_dropout(self.conv_block_after1(x, pool=False))
+        with jax.named_scope("pool_fc"):
+            # Global pooling in float32: a mean over mels, then max + mean over time.
+            x = jnp.mean(x.astype(jnp.float32), axis=2)
+            x = jnp.max(x, axis=1) + jnp.mean(x, axis=1)
+            x = self.pooled_dropout(x.astype(self.dtype))
+            x = nnx.relu(self.fc1(x))
+            clipwise = nnx.sigmoid(self.fc_audioset(x))
+            embedding = self.embedding_dropout(x)
         return {"embedding": embedding.astype(jnp.float32),
                 "clipwise_output": clipwise.astype(jnp.float32)}
 

@@ -211,9 +211,11 @@ class TextEncoder(nnx.Module):
         # Additive mask in float32: padded keys get the most negative float, so exp() gives 0.
         keep = attention_mask[:, None, None, :] > 0
         mask_bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)
-        x = self.embeddings(input_ids)
-        for layer in self.layers:
-            x = layer(x, mask_bias)
+        with jax.named_scope("embeddings"):  # scopes label ops in profiles
+            x = self.embeddings(input_ids)
+        with jax.named_scope("layers"):
+            for layer in self.layers:
+                x = layer(x, mask_bias)
         return x
 
 

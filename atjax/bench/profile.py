@@ -1,0 +1,365 @@
+"""`python -m atjax.bench profile --config configs/paper.py[:arg] [...]`
+
+Where a training step's device time goes. Compiles the real train step (as
+`atjax.bench train_step` does), traces a few steps with `jax.profiler`, and attributes
+every device op (every kernel on a GPU, every XLA op on a TPU, every thunk on a CPU) to:
+
+  - a category, read from the compiled HLO: convolution, matmul, fft, rng (PRNG bits for
+    dropout and SpecAugment), reduction (BatchNorm statistics, means), layout copies,
+    collectives, elementwise, memcpy;
+  - a part of the model and a direction, read from the op's name scope: the scopes that
+    atjax.model, atjax.encoders and atjax.train_step open (audio_encoder/stage2,
+    text_encoder/layers, loss, optimizer, ...), forward or backward (`transpose(...)`).
+
+It prints one JSON line (per-step milliseconds by category and by part, the heaviest ops,
+and the time the device sat idle within a step) followed by readable tables, and writes
+both, the compiled HLO and the raw trace (`*.xplane.pb`, for TensorBoard or Perfetto) to
+--out. The trace needs no TensorBoard: `jax.profiler.ProfileData` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import gzip
+import json
+import pathlib
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+# Scopes opened by the model code, in the order they run.
+TOP_SCOPES = ("audio_encoder", "audio_head", "text_encoder", "text_head", "loss", "optimizer")
+
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?(?P<name>[^\s=]+)\s*=\s*(?P<type>.*?)\s(?P<opcode>[a-z][a-z0-9\-]*)\(")
+_COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?(?P<name>[^\s(]+)\s.*\{\s*$")
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
+                "all-to-all")
+# jax.random's functions, as they appear in op names: the ops that make random bits.
+_RNG_SCOPES = ("threefry", "random_bits", "_bernoulli", "_uniform", "_randint", "_normal")
+_LAYOUT = {"copy", "transpose", "bitcast", "reshape", "copy-start", "copy-done"}
+_CONTROL_FLOW = {"while", "conditional", "call", "async-start", "async-done"}
+# Lines of a device plane that repeat, grouped, what its stream lines already hold.
+_DERIVED_LINES = ("XLA Modules", "Steps", "XLA TraceMe", "Framework Name Scope",
+                  "Framework Ops", "Source code", "Launch Stats", "TensorFlow Name Scope",
+                  "TensorFlow Ops")
+
+
+@dataclasses.dataclass
+class Instruction:
+    name: str
+    opcode: str
+    op_name: str = ""
+    target: str = ""
+    calls: str = ""
+
+
+@dataclasses.dataclass
+class Hlo:
+    instructions: dict[str, Instruction]
+    computations: dict[str, list[Instruction]]
+
+
+def parse_hlo(text: str) -> Hlo:
+    """Instructions of an HLO module's text (`compiled.as_text()`), by name, and the
+    instructions of each computation (to look inside fusions)."""
+    instructions: dict[str, Instruction] = {}
+    computations: dict[str, list[Instruction]] = collections.defaultdict(list)
+    current = ""
+    for line in text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m is None:
+            c = _COMPUTATION.match(line)
+            if c is not None and "=" not in line.split("{")[0]:
+                current = c.group("name")
+            continue
+        inst = Instruction(m.group("name"), m.group("opcode"))
+        if (op := re.search(r'op_name="([^"]*)"', line)) is not None:
+            inst.op_name = op.group(1)
+        if (t := re.search(r'custom_call_target="([^"]*)"', line)) is not None:
+            inst.target = t.group(1)
+        if (calls := re.search(r"calls=%?([\w.\-]+)", line)) is not None:
+            inst.calls = calls.group(1)
+        instructions[inst.name] = inst
+        computations[current].append(inst)
+    return Hlo(instructions, dict(computations))
+
+
+def _body(hlo: Hlo, inst: Instruction, depth: int = 0) -> list[Instruction]:
+    """The instructions a fusion (or call) runs, nested fusions included."""
+    if not inst.calls or depth > 4:
+        return [inst]
+    out = []
+    for child in hlo.computations.get(inst.calls, []):
+        out += _body(hlo, child, depth + 1) if child.calls else [child]
+    return out or [inst]
+
+
+def op_name_of(hlo: Hlo, inst: Instruction) -> str:
+    """The op's scope path; for a fusion without one, the most common among its body's."""
+    if inst.op_name:
+        return inst.op_name
+    names = collections.Counter(i.op_name for i in _body(hlo, inst) if i.op_name)
+    return names.most_common(1)[0][0] if names else ""
+
+
+def category(hlo: Hlo, inst: Instruction) -> str:
+    body = _body(hlo, inst)
+    opcodes = {i.opcode for i in body}
+    targets = " ".join(i.target for i in body).lower()
+    names = " ".join(i.op_name for i in body)
+    if any(c in op for op in opcodes for c in _COLLECTIVES):
+        return "collective"
+    if "convolution" in opcodes or "conv" in targets:
+        return "convolution"
+    if "dot" in opcodes or any(k in targets for k in ("gemm", "matmul", "cublas", "triton")):
+        return "matmul"
+    if "fft" in opcodes or "fft" in targets:
+        return "fft"
+    if "rng-bit-generator" in opcodes or "threefry" in targets or any(
+            key in names for key in _RNG_SCOPES):
+        return "rng"
+    if "reduce" in opcodes or "reduce-window" in opcodes:
+        return "reduction"
+    if opcodes <= _LAYOUT | {"parameter", "constant", "tuple", "get-tuple-element"}:
+        return "layout copy"
+    return "elementwise"
+
+
+def _kernel_category(kernel: str) -> str:
+    k = kernel.lower()
+    for key, cat in (("conv", "convolution"), ("gemm", "matmul"), ("xmma", "matmul"),
+                     ("fft", "fft"), ("threefry", "rng"), ("philox", "rng"),
+                     ("reduce", "reduction"), ("memcpy", "memcpy"), ("transpose", "layout copy")):
+        if key in k:
+            return cat
+    return "elementwise"
+
+
+_WRAPPER = re.compile(r"^(\w+)\((.*)\)$")
+
+
+def scope_of(op_name: str) -> tuple[str, str]:
+    """("audio_encoder/stage2" | "other", "forward" | "backward") from an op_name such as
+    `jit(train_step)/transpose(jvp(audio_encoder))/stage2/conv_general_dilated`."""
+    backward = "transpose(" in op_name
+    parts = []
+    for component in op_name.split("/"):
+        # Unwrap transformation wrappers: transpose(jvp(audio_encoder)) -> audio_encoder.
+        while (m := _WRAPPER.match(component)) is not None:
+            if m.group(1) == "jit":  # jit(train_step), jit(main): not model scopes
+                component = ""
+                break
+            component = m.group(2)
+        if component:
+            parts.append(component)
+    for i, part in enumerate(parts):
+        if part in TOP_SCOPES:
+            sub = parts[i + 1] if i + 2 < len(parts) else ""  # the last part is the op
+            return (f"{part}/{sub}" if sub and part in ("audio_encoder", "text_encoder")
+                    else part), ("backward" if backward else "forward")
+    return "other", ("backward" if backward else "forward")
+
+
+@dataclasses.dataclass
+class OpTime:
+    name: str
+    ns: float = 0.0
+    calls: int = 0
+
+
+def _stat(event, key):
+    for k, v in event.stats:
+        if k == key:
+            return v
+    return None
+
+
+def _exclusive(events: list) -> list[tuple[object, float]]:
+    """(event, exclusive ns) for events of one line, nested events subtracted from their
+    parents (CPU thunks nest inside control flow; GPU kernels on a stream never do)."""
+    events = sorted(events, key=lambda e: (e.start_ns, -e.duration_ns))
+    out, stack = [], []  # stack of [event, exclusive]
+    for e in events:
+        while stack and stack[-1][0].end_ns <= e.start_ns:
+            out.append(tuple(stack.pop()))
+        if stack:
+            stack[-1][1] -= e.duration_ns
+        stack.append([e, float(e.duration_ns)])
+    out += [tuple(s) for s in reversed(stack)]
+    return out
+
+
+def device_op_times(xplane: str | pathlib.Path, module_hint: str = "train_step"
+                    ) -> tuple[dict[str, OpTime], str]:
+    """Exclusive device time per HLO op (or per kernel name where a kernel carries no op)
+    from a `jax.profiler` trace, and which timeline it was read from."""
+    import jax
+
+    data = jax.profiler.ProfileData.from_file(str(xplane))
+    planes = list(data.planes)
+    device = [p for p in planes if p.name.startswith(("/device:GPU", "/device:TPU"))]
+    lines, source = [], ""
+    for plane in device:
+        streams = [ln for ln in plane.lines if ln.name.startswith("Stream")]
+        ops = [ln for ln in plane.lines if ln.name == "XLA Ops"]
+        if streams:
+            lines += streams
+            source = "GPU streams"
+        elif ops:
+            lines += ops
+            source = "XLA Ops"
+        else:
+            lines += [ln for ln in plane.lines if ln.name not in _DERIVED_LINES]
+            source = source or "device lines"
+    if not lines:  # a CPU backend: XLA's thunks on the host's thread-pool lines
+        lines = [ln for p in planes if p.name.startswith("/host:CPU") for ln in p.lines]
+        source = "CPU thunks"
+    times: dict[str, OpTime] = {}
+    for line in lines:
+        events = list(line.events)
+        if source == "CPU thunks":
+            events = [e for e in events if _stat(e, "hlo_op") is not None]
+        for event, ns in _exclusive(events):
+            module = _stat(event, "hlo_module")
+            if module is not None and module_hint and module_hint not in str(module):
+                continue
+            op = _stat(event, "hlo_op")
+            key = str(op) if op is not None else f"kernel:{event.name}"
+            t = times.setdefault(key, OpTime(key))
+            t.ns += max(ns, 0.0)
+            t.calls += 1
+    return times, source
+
+
+def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
+              top: int = 25) -> dict:
+    """Per-step milliseconds by category, by model part and direction, and the top ops."""
+    by_category: dict[str, float] = collections.defaultdict(float)
+    by_scope: dict[str, dict[str, float]] = collections.defaultdict(
+        lambda: {"forward": 0.0, "backward": 0.0})
+    rows = []
+    for t in times.values():
+        ms = t.ns / 1e6 / steps
+        inst = hlo.instructions.get(t.name)
+        if inst is not None and inst.opcode in _CONTROL_FLOW:
+            continue  # its body's ops are timed themselves (CPU runs them on other threads)
+        if inst is not None:
+            cat = category(hlo, inst)
+            op_name = op_name_of(hlo, inst)
+            scope, direction = scope_of(op_name)
+        elif t.name.startswith("kernel:"):
+            cat = _kernel_category(t.name)
+            scope, direction = "unattributed", "forward"
+        else:
+            cat, scope, direction = "other", "unattributed", "forward"
+        by_category[cat] += ms
+        by_scope[scope][direction] += ms
+        rows.append({"op": t.name, "category": cat, "scope": scope, "direction": direction,
+                     "ms_per_step": ms, "calls_per_step": t.calls / steps,
+                     "op_name": op_name if inst is not None else ""})
+    busy = sum(by_category.values())
+    step_ms = wall_s * 1e3 / steps
+    rows.sort(key=lambda r: -r["ms_per_step"])
+
+    def rounded(d):
+        return {k: round(v, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
+
+    return {
+        "step_ms": round(step_ms, 3), "device_busy_ms": round(busy, 3),
+        "device_idle_ms": round(step_ms - busy, 3),
+        "by_category": rounded(by_category),
+        "by_scope": {k: {d: round(v, 3) for d, v in sorted(by.items())}
+                     for k, by in sorted(by_scope.items(),
+                                         key=lambda kv: -sum(kv[1].values()))},
+        "top_ops": [{**r, "ms_per_step": round(r["ms_per_step"], 3),
+                     "calls_per_step": round(r["calls_per_step"], 2)} for r in rows[:top]],
+    }
+
+
+def format_tables(summary: dict) -> str:
+    out = [f"step {summary['step_ms']:.2f} ms: device busy {summary['device_busy_ms']:.2f} ms, "
+           f"idle {summary['device_idle_ms']:.2f} ms"]
+    busy = summary["device_busy_ms"] or 1.0
+    out.append("\nby category               ms/step   share")
+    for k, v in summary["by_category"].items():
+        out.append(f"  {k:<22} {v:9.3f}  {100 * v / busy:5.1f}%")
+    out.append("\nby part                   forward  backward     total")
+    for k, v in summary["by_scope"].items():
+        out.append(f"  {k:<22} {v['forward']:9.3f} {v['backward']:9.3f} "
+                   f"{v['forward'] + v['backward']:9.3f}")
+    out.append("\nheaviest ops                       ms/step  calls  category      part")
+    for r in summary["top_ops"]:
+        out.append(f"  {r['op'][:32]:<32} {r['ms_per_step']:8.3f} {r['calls_per_step']:6.1f}  "
+                   f"{r['category']:<13} {r['scope']} ({r['direction']})")
+    return "\n".join(out)
+
+
+def capture(setup, steps: int, out: pathlib.Path, *, top: int = 25) -> dict:
+    """Traces `steps` steps of a prepared train step (atjax.bench.train_step.prepare) and
+    writes profile.json, profile.txt, step.hlo.txt.gz and trace.xplane.pb to `out`."""
+    import jax
+
+    out.mkdir(parents=True, exist_ok=True)
+    hlo_text = setup.compiled.as_text()
+    with gzip.open(out / "step.hlo.txt.gz", "wt") as f:
+        f.write(hlo_text)
+    trace_dir = pathlib.Path(tempfile.mkdtemp(prefix="atjax-trace-"))
+    try:
+        with jax.profiler.trace(str(trace_dir)):
+            start = time.perf_counter()
+            setup.run(steps)
+            wall = time.perf_counter() - start
+        xplanes = sorted(trace_dir.rglob("*.xplane.pb"))
+        if not xplanes:
+            raise RuntimeError(f"jax.profiler wrote no trace under {trace_dir}")
+        shutil.copy(xplanes[-1], out / "trace.xplane.pb")
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+    times, source = device_op_times(out / "trace.xplane.pb")
+    summary = {"bench": "profile", "device": jax.devices()[0].device_kind,
+               "jax": jax.__version__, "steps": steps, "timeline": source,
+               **summarize(times, parse_hlo(hlo_text), steps, wall, top)}
+    (out / "profile.json").write_text(json.dumps(summary, indent=1))
+    (out / "profile.txt").write_text(format_tables(summary) + "\n")
+    return summary
+
+
+def main(argv=None) -> int:
+    from atjax import config as config_lib
+    from atjax.bench import train_step as bench
+
+    argv = sys.argv[1:] if argv is None else argv
+    spec, overrides, rest = config_lib.split_config_argv(argv)
+    parser = argparse.ArgumentParser(prog="python -m atjax.bench profile",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--head", default="mlp", choices=("mlp", "transformer"))
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    bench.add_common_args(parser)
+    parser.add_argument("--steps", type=int, default=5, help="steps traced")
+    parser.add_argument("--top", type=int, default=25, help="heaviest ops listed")
+    parser.add_argument("--out", default=None,
+                        help="folder for profile.json, profile.txt, step.hlo.txt.gz and "
+                             "the trace (default: a temporary folder)")
+    args = parser.parse_args(rest)
+    config = config_lib.load(spec or "configs/paper.py", overrides)
+    out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="atjax-profile-"))
+    setup = bench.prepare(config, args.head, args.dtype, args.batch_size, args.text_length)
+    setup.run(args.warmup)
+    summary = {"head": args.head, "dtype": args.dtype, "batch_size": args.batch_size,
+               "overrides": overrides, "compile_s": round(setup.compile_s, 1),
+               **capture(setup, args.steps, out, top=args.top)}
+    (out / "profile.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary), flush=True)
+    print(format_tables(summary), flush=True)
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The GPU benchmarks, run on CPU at a tiny size: `atjax.bench train_step` reports
+consistent figures, and `atjax.bench profile` attributes device time to the model's parts
+and to op categories that a hand-made program is known to contain."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from atjax import config as config_lib
+from atjax import train_step as step_lib
+from atjax.bench import profile as profile_lib
+from atjax.bench import train_step as bench
+
+TINY = "configs/synthetic.py:size=tiny"
+
+
+def test_train_step_bench_reports_consistent_figures(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    assert bench.main(["--config", TINY, "--config.rng_impl=rbg", "--heads", "mlp",
+                       "--dtypes", "float32", "--batch_size", "8", "--warmup", "1",
+                       "--steps", "2", "--repeats", "2", "--sync_steps", "2",
+                       "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(out.read_text().splitlines()[-1]) == line
+    assert "error" not in line, line
+    assert line["rng_impl"] == "rbg" and line["overrides"] == ["rng_impl=rbg"]
+    assert line["head"] == "mlp" and line["dtype"] == "float32" and line["batch_size"] == 8
+    assert 0 < line["step_ms_min"] <= line["step_ms"]
+    assert line["clips_per_s"] == pytest.approx(8e3 / line["step_ms"], rel=2e-3)
+    assert 0 < line["dispatch_ms"] and line["step_ms_sync"] > 0
+    counted = line["tflop_per_step"] * 1e12
+    assert line["achieved_tflops"] == pytest.approx(
+        counted / (line["step_ms"] / 1e3) / 1e12, abs=0.06)
+    assert np.isfinite(line["loss"]) and line["loss"] > 0
+
+
+def test_train_step_bench_reports_a_failing_setting(capsys):
+    assert bench.main(["--config", TINY, "--heads", "mlp", "--dtypes", "float16",
+                       "--batch_size", "8"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["dtype"] == "float16" and "error" in line
+
+
+def test_rng_impl_is_checked_and_keys_the_step():
+    config = config_lib.load(TINY, ["rng_impl=rbg"])
+    assert jax.random.key_impl(step_lib.base_key(config)) == jax.random.key_impl(
+        jax.random.key(0, impl="rbg"))
+    with pytest.raises(ValueError, match="rng_impl must be one of"):
+        step_lib.base_key(config_lib.load(TINY, ["rng_impl=philox"]))
+
+
+def test_scope_of_reads_the_model_scopes():
+    assert profile_lib.scope_of(
+        "jit(train_step)/transpose(jvp(audio_encoder))/stage2/conv_general_dilated"
+    ) == ("audio_encoder/stage2", "backward")
+    assert profile_lib.scope_of(
+        "jit(train_step)/jvp(text_encoder)/layers/dot_general") == ("text_encoder/layers",
+                                                                   "forward")
+    assert profile_lib.scope_of("jit(train_step)/optimizer/mul") == ("optimizer", "forward")
+    assert profile_lib.scope_of("jit(train_step)/jvp(loss)/exp") == ("loss", "forward")
+    assert profile_lib.scope_of("jit(train_step)/add") == ("other", "forward")
+
+
+def test_categories_of_a_known_program():
+    def f(key, image, kernel, matrix):
+        conv = jax.lax.conv_general_dilated(image, kernel, (1, 1), "SAME")
+        keep = jax.random.bernoulli(key, 0.9, conv.shape)
+        spectrum = jnp.abs(jnp.fft.rfft(matrix, axis=-1))
+        return jnp.where(keep, conv, 0).mean(axis=(2, 3)), (matrix @ matrix.T).sum(), spectrum
+
+    args = (jax.random.key(0), jnp.ones((2, 3, 16, 16)), jnp.ones((4, 3, 3, 3)),
+            jnp.ones((32, 32)))
+    hlo = profile_lib.parse_hlo(jax.jit(f).lower(*args).compile().as_text())
+    found = {profile_lib.category(hlo, inst) for inst in hlo.instructions.values()}
+    assert {"convolution", "matmul", "fft", "rng", "reduction"} <= found
+
+
+def test_profile_attributes_the_step(tmp_path, capsys):
+    out = tmp_path / "profile"
+    assert profile_lib.main(["--config", TINY, "--head", "transformer", "--dtype", "float32",
+                             "--batch_size", "8", "--warmup", "1", "--steps", "2",
+                             "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.splitlines()[0])
+    assert summary == json.loads((out / "profile.json").read_text())
+    assert "by part" in printed and (out / "trace.xplane.pb").stat().st_size > 0
+    assert (out / "step.hlo.txt.gz").stat().st_size > 0
+    scopes = summary["by_scope"]
+    for part in ("audio_encoder/conv_block1", "audio_encoder/stage1", "audio_encoder/frontend",
+                 "text_encoder/layers", "audio_head", "text_head", "optimizer"):
+        assert part in scopes, (part, sorted(scopes))
+    assert scopes["audio_encoder/conv_block1"]["backward"] > 0
+    assert scopes["optimizer"]["backward"] == 0  # the update is not differentiated
+    busy = summary["device_busy_ms"]
+    assert busy > 0
+    assert sum(summary["by_category"].values()) == pytest.approx(busy, rel=1e-3, abs=5e-3)
+    assert sum(sum(v.values()) for v in scopes.values()) == pytest.approx(busy, rel=1e-3,
+                                                                          abs=5e-3)
+    assert {"convolution", "rng", "fft"} <= set(summary["by_category"])
+    top = summary["top_ops"]
+    assert top == sorted(top, key=lambda r: -r["ms_per_step"])
+
+
+def test_gpu_session_script_runs_end_to_end(tmp_path):
+    # The prepared device-session script, on CPU at a tiny size: a profiled setting, a
+    # setting with an override, and a failing one that must not stop the rest.
+    import os
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "BUDGET_S": "120",
+           "BENCH_ARGS": "--batch_size 8 --steps 2 --repeats 1 --sync_steps 1 --warmup 1"}
+    result = subprocess.run(
+        ["bash", "launch/gpu_bench.sh", str(out), TINY, "mlp:float32",
+         "transformer:float16", "mlp:float32:rng_impl=rbg,model.audio.batchnorm_one_pass=True"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(x) for x in (out / "bench.jsonl").read_text().splitlines()]
+    assert [r["dtype"] for r in lines] == ["float32", "float16", "float32"]
+    assert "error" in lines[1] and "error" not in lines[0] and "error" not in lines[2]
+    assert lines[0]["profile"] and lines[2]["overrides"] == [
+        "rng_impl=rbg", "model.audio.batchnorm_one_pass=True"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bench.jsonl", "log.txt", "profile.json", "profile.txt", "step.hlo.txt.gz",
+        "trace.xplane.pb.gz"]
+    table = result.stdout.splitlines()
+    assert table[-4].startswith("setting") and "error" in table[-2]
