@@ -224,6 +224,49 @@ def read_table(path: Path, required: Sequence[str], delimiter: str = ",") -> lis
     return [{k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k is not None} for row in reader]
 
 
+@dataclasses.dataclass(frozen=True)
+class FoldedLabels:
+    """A release that lists one labelled clip per CSV row with its cross-validation fold
+    (ESC-50, UrbanSound8K): which columns hold what, and where the audio lies."""
+
+    dataset: str  # named in errors
+    metadata: str  # the CSV, relative to the release root
+    classes: Sequence[str]  # class names by index
+    file_column: str
+    fold_column: str
+    index_column: str  # the class index
+    name_column: str  # the class name, checked against `classes[index]`
+    folder_per_fold: bool  # audio/fold<k>/<file> rather than audio/<file>
+
+
+def read_folded_labels(manual_dir: Path, layout: FoldedLabels) -> list[Clip]:
+    """Clips with features {"label": class name, "fold": int}; a row whose index and name
+    disagree with the class list, or whose numbers do not parse, is an error naming its
+    line (the release is damaged, so no clip of it is trusted)."""
+    meta = find_release_file(manual_dir, layout.metadata)
+    root = release_root(meta, layout.metadata)
+    index = AudioIndex(manual_dir)
+    columns = (layout.file_column, layout.fold_column, layout.index_column, layout.name_column)
+    clips = []
+    for line, row in enumerate(read_table(meta, columns), 2):
+        try:
+            class_index, fold = int(row[layout.index_column]), int(row[layout.fold_column])
+        except ValueError as e:
+            raise ValueError(f"{meta} line {line}: {e}") from e
+        name = row[layout.name_column]
+        if not 0 <= class_index < len(layout.classes) or layout.classes[class_index] != name:
+            raise ValueError(
+                f"{meta} line {line}: {layout.index_column} {class_index} with "
+                f"{layout.name_column} {name!r} does not match the {layout.dataset} class list")
+        file = row[layout.file_column]
+        folder = root / "audio" / f"fold{fold}" if layout.folder_per_fold else root / "audio"
+        split_dirs = (f"fold{fold}",) if layout.folder_per_fold else ()
+        clips.append(Clip(id=file, path=index.find(file, expected=folder / file,
+                                                   split_dirs=split_dirs),
+                          features={"label": name, "fold": fold}, expected=str(folder / file)))
+    return clips
+
+
 def clean_captions(captions: Iterable[str | None], split: str, report: Report) -> list[str]:
     """Stripped, non-empty captions; dropped empty ones are counted in the report."""
     captions = list(captions)

@@ -274,6 +274,17 @@ def test_class_lists_are_checked_against_the_metadata(tmp_path):
     csv_path.write_text(csv_path.read_text().replace(",0,dog,", ",0,cat,"))
     with pytest.raises(ValueError, match="esc50.csv line 2: target 0 with category 'cat'"):
         prepare.prepare("esc50", data_dir=str(tmp_path / "data"), manual_dir=str(layout.root), sample_rate=SR)
+    layout = layouts.make_urbansound8k(tmp_path / "us8k")
+    csv_path = layout.root / "metadata/UrbanSound8K.csv"
+    csv_path.write_text(csv_path.read_text().replace(",2,children_playing", ",5,children_playing"))
+    with pytest.raises(ValueError, match="UrbanSound8K.csv line 3: classID 5 with class "
+                                         "'children_playing' does not match the UrbanSound8K"):
+        prepare.prepare("urbansound8k", data_dir=str(tmp_path / "data2"), manual_dir=str(layout.root),
+                        sample_rate=SR)
+    csv_path.write_text(csv_path.read_text().replace(",5,children_playing", ",two,children_playing"))
+    with pytest.raises(ValueError, match="UrbanSound8K.csv line 3: invalid literal"):
+        prepare.prepare("urbansound8k", data_dir=str(tmp_path / "data3"), manual_dir=str(layout.root),
+                        sample_rate=SR)
 
 
 def test_prepare_cli(tmp_path, capsys):

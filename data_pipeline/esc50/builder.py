@@ -29,6 +29,11 @@ CLASSES = (
 )  # fmt: skip
 
 
+LAYOUT = builder_base.FoldedLabels(
+    dataset="ESC-50", metadata=METADATA, classes=CLASSES, file_column="filename",
+    fold_column="fold", index_column="target", name_column="category", folder_per_fold=False)
+
+
 class Esc50(builder_base.AudioDatasetBuilder):
     name = "esc50"
     SPLITS = ("train",)
@@ -47,27 +52,4 @@ class Esc50(builder_base.AudioDatasetBuilder):
         return {"label": tfds.features.ClassLabel(names=CLASSES), "fold": tfds.features.Scalar(np.int32)}
 
     def _read_release(self, manual_dir: Path, report: builder_base.Report):
-        meta = builder_base.find_release_file(manual_dir, METADATA)
-        root = builder_base.release_root(meta, METADATA)
-        index = builder_base.AudioIndex(manual_dir)
-        clips = []
-        for line, row in enumerate(builder_base.read_table(meta, ("filename", "fold", "target", "category")), 2):
-            try:
-                target, fold = int(row["target"]), int(row["fold"])
-            except ValueError as e:
-                raise ValueError(f"{meta} line {line}: {e}") from e
-            if not 0 <= target < len(CLASSES) or CLASSES[target] != row["category"]:
-                raise ValueError(
-                    f"{meta} line {line}: target {target} with category {row['category']!r} does not "
-                    f"match the ESC-50 class list"
-                )
-            expected = root / "audio" / row["filename"]
-            clips.append(
-                builder_base.Clip(
-                    id=row["filename"],
-                    path=index.find(row["filename"], expected=expected),
-                    features={"label": row["category"], "fold": fold},
-                    expected=str(expected),
-                )
-            )
-        return {"train": clips}
+        return {"train": builder_base.read_folded_labels(manual_dir, LAYOUT)}

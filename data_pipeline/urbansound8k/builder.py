@@ -23,6 +23,11 @@ CLASSES = (
 )  # fmt: skip  (by classID)
 
 
+LAYOUT = builder_base.FoldedLabels(
+    dataset="UrbanSound8K", metadata=METADATA, classes=CLASSES, file_column="slice_file_name",
+    fold_column="fold", index_column="classID", name_column="class", folder_per_fold=True)
+
+
 class UrbanSound8k(builder_base.AudioDatasetBuilder):
     name = "urbansound8k"
     SPLITS = ("train",)
@@ -42,29 +47,4 @@ class UrbanSound8k(builder_base.AudioDatasetBuilder):
         return {"label": tfds.features.ClassLabel(names=CLASSES), "fold": tfds.features.Scalar(np.int32)}
 
     def _read_release(self, manual_dir: Path, report: builder_base.Report):
-        meta = builder_base.find_release_file(manual_dir, METADATA)
-        root = builder_base.release_root(meta, METADATA)
-        index = builder_base.AudioIndex(manual_dir)
-        clips = []
-        rows = builder_base.read_table(meta, ("slice_file_name", "fold", "classID", "class"))
-        for line, row in enumerate(rows, 2):
-            try:
-                class_id, fold = int(row["classID"]), int(row["fold"])
-            except ValueError as e:
-                raise ValueError(f"{meta} line {line}: {e}") from e
-            if not 0 <= class_id < len(CLASSES) or CLASSES[class_id] != row["class"]:
-                raise ValueError(
-                    f"{meta} line {line}: classID {class_id} with class {row['class']!r} does not "
-                    "match the UrbanSound8K class list"
-                )
-            name = row["slice_file_name"]
-            expected = root / "audio" / f"fold{fold}" / name
-            clips.append(
-                builder_base.Clip(
-                    id=name,
-                    path=index.find(name, expected=expected, split_dirs=(f"fold{fold}",)),
-                    features={"label": row["class"], "fold": fold},
-                    expected=str(expected),
-                )
-            )
-        return {"train": clips}
+        return {"train": builder_base.read_folded_labels(manual_dir, LAYOUT)}
