@@ -15,6 +15,7 @@ import pathlib
 from typing import Any
 
 import jax
+import optax
 import orbax.checkpoint as ocp
 
 
@@ -95,10 +96,11 @@ def _is_legacy_leaf(x) -> bool:
 
 
 def _legacy_layout(tree: Any) -> Any:
-    """`tree` with each leaf whose parent is a dict moved under {"value": leaf}."""
+    """`tree` with each leaf whose parent is a dict moved under {"value": leaf}; optax's
+    MaskedNode (a masked-out parameter's empty optimizer state) counts as a leaf."""
     return jax.tree_util.tree_map_with_path(
         lambda path, x: {"value": x} if path and isinstance(path[-1], jax.tree_util.DictKey)
-        else x, tree)
+        else x, tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
 
 def _from_legacy_layout(tree: Any) -> Any:

@@ -130,3 +130,19 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
         "trace.xplane.pb.gz"]
     table = result.stdout.splitlines()
     assert table[-4].startswith("setting") and "error" in table[-2]
+
+
+def test_summary_of_unannotated_kernels():
+    # A GPU trace whose kernels carry no op annotation: fusion kernels map back to their
+    # HLO ops by name, library kernels are classed by name, and idle is wall minus busy.
+    hlo = profile_lib.Hlo({"loop_add_fusion.3": profile_lib.Instruction(
+        "loop_add_fusion.3", "add", "jit(train_step)/optimizer/add")}, {})
+    times = {name: profile_lib.OpTime(name, ns, calls) for name, ns, calls in (
+        ("kernel:loop_add_fusion_3", 4e6, 2), ("kernel:sm90_xmma_gemm_bf16bf16", 2e6, 2),
+        ("kernel:cudnn_conv_fprop", 1e6, 2))}
+    summary = profile_lib.summarize(times, hlo, steps=2, wall_s=0.008)
+    assert summary["by_scope"]["optimizer"] == {"forward": 2.0, "backward": 0.0}
+    assert summary["by_scope"]["unattributed"]["forward"] == 1.5
+    assert summary["by_category"] == {"elementwise": 2.0, "matmul": 1.0, "convolution": 0.5}
+    assert summary["step_ms"] == 4.0 and summary["device_idle_ms"] == 0.5
+    assert [r["op"] for r in summary["top_ops"]][0] == "kernel:loop_add_fusion_3"

@@ -246,6 +246,10 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
     for t in times.values():
         ms = t.ns / 1e6 / steps
         inst = hlo.instructions.get(t.name)
+        if inst is None and t.name.startswith("kernel:"):
+            # A kernel without an op annotation: XLA names a fusion's kernel after the
+            # fusion, with "_" for the "." of its number (loop_add_fusion_3: loop_add_fusion.3).
+            inst = hlo.instructions.get(re.sub(r"_(\d+)$", r".\1", t.name[len("kernel:"):]))
         if inst is not None and inst.opcode in _CONTROL_FLOW:
             continue  # its body's ops are timed themselves (CPU runs them on other threads)
         if inst is not None:
