@@ -8,8 +8,10 @@ returned state) in Python. For ResNet38 + RoBERTa-Large (1,360 state leaves) a c
 the step took 182 ms to return with nnx.State and 10.9 ms with dicts (`python -m
 atjax.bench train_step`, dispatch_ms, CPU backend on a 2-core machine). That host time
 is on the critical path whenever the host waits for a step, and it competes with the
-input pipeline for the CPU the rest of the time. Dropout and SpecAugment keys are derived from (seed, step), never carried in
-the state: a resumed run draws exactly the randomness an uninterrupted run would have.
+input pipeline for the CPU the rest of the time.
+
+Dropout and SpecAugment keys are derived from (seed, step), never carried in the state: a
+resumed run draws exactly the randomness an uninterrupted run would have.
 
 Nothing here imports TensorFlow.
 """
@@ -107,7 +109,7 @@ def split_model(model: model_lib.DualEncoder):
 # JAX's PRNG implementations, for `config.rng_impl`. threefry2x32 (JAX's default) gives the
 # same bits on any sharding and on any backend; rbg and unsafe_rbg use XLA's
 # RngBitGenerator, far fewer integer operations per random bit on GPUs and TPUs (dropout
-# and SpecAugment draw about half a billion numbers per ResNet38 step at batch 64), but
+# draws one number per activation at each of ResNet38's ~20 dropout sites), but
 # their bits may change with the XLA version, and unsafe_rbg's key derivation is weaker.
 RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
