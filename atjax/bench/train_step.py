@@ -64,6 +64,7 @@ class Setup:
     key: Any
     num_samples: int
     compile_s: float
+    metrics: Any = None  # the last step's metrics
 
     def run(self, count: int, *, sync: bool = False) -> tuple[list[float], list[float]]:
         """Runs `count` steps; returns (per-step wall times if sync, dispatch times)."""
