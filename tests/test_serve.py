@@ -203,11 +203,13 @@ def test_serve_cli(tmp_path, search_kit, monkeypatch, capsys):
     served = []
     real_make_server = serve.make_server
 
+    def interrupt():  # Ctrl-C at once
+        raise KeyboardInterrupt
+
     def make_server(searcher, host, port):
         httpd = real_make_server(searcher, host, port)
         served.append(httpd)
-        monkeypatch.setattr(httpd, "serve_forever", lambda: (_ for _ in ()).throw(
-            KeyboardInterrupt))  # Ctrl-C at once
+        monkeypatch.setattr(httpd, "serve_forever", interrupt)
         return httpd
 
     monkeypatch.setattr(serve, "make_server", make_server)

@@ -353,7 +353,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(rest)
     config = config_lib.load(spec or "configs/paper.py", overrides)
     out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="atjax-profile-"))
+    print(f"[profile {args.head}/{args.dtype}] building and compiling the step",
+          file=sys.stderr, flush=True)
     setup = bench.prepare(config, args.head, args.dtype, args.batch_size, args.text_length)
+    print(f"[profile {args.head}/{args.dtype}] compiled in {setup.compile_s:.1f} s; tracing "
+          f"{args.steps} steps after {args.warmup} warm-up steps", file=sys.stderr, flush=True)
     setup.run(args.warmup)
     summary = {"head": args.head, "dtype": args.dtype, "batch_size": args.batch_size,
                "overrides": overrides, "compile_s": round(setup.compile_s, 1),

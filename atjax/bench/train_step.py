@@ -17,7 +17,7 @@ on the host: the host time per step that asynchronous dispatch must hide.
 (atjax.bench.profile) to DIR.
 
 Config overrides (`--config.field=value`) apply to every setting, e.g.
-`--config.rng_impl=rbg` or `--config.model.audio.network.spec_augment=False`.
+`--config.rng_impl=rbg` or `--config.model.audio.batchnorm_one_pass=False`.
 """
 
 from __future__ import annotations
@@ -136,8 +136,14 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
 
     from atjax.bench import flops as flops_lib
 
+    def progress(message):  # stderr, so stdout stays one JSON line per setting
+        print(f"[train_step {head}/{dtype}] {message}", file=sys.stderr, flush=True)
+
+    progress("building and compiling the step")
     setup = prepare(config, head, dtype, args.batch_size, args.text_length)
     m = setup.config.model
+    progress(f"compiled in {setup.compile_s:.1f} s; timing {args.repeats} x {args.steps} "
+             f"steps after {args.warmup} warm-up steps")
     setup.run(args.warmup)
     # Back-to-back windows of `steps` steps, as the trainer runs; the median window.
     windows, dispatches = [], []
@@ -149,7 +155,9 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     sync, _ = setup.run(args.sync_steps, sync=True) if args.sync_steps else ([], [])
     loss = float(setup.metrics["loss"])
     profiled = {}
+    progress(f"{statistics.median(windows) * 1e3:.2f} ms per step")
     if args.profile:
+        progress(f"tracing {args.profile_steps} steps into {args.profile}")
         from atjax.bench import profile as profile_lib
         folder = pathlib.Path(args.profile)
         summary = profile_lib.capture(setup, args.profile_steps, folder)
