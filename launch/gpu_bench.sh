@@ -69,4 +69,6 @@ for line in open(sys.argv[1]):
         print(f"{name:<58} error: {r['error'][:60]}"); continue
     print(f"{name:<58} {r['step_ms']:8.2f} {r['step_ms_sync'] or 0:8.2f} {r['dispatch_ms']:8.2f} "
           f"{r['clips_per_s']:8.1f} {r['achieved_tflops']:8.1f} {r['peak_memory_gib'] or 0:6.2f}")
+    if "profile_error" in r:
+        print(f"  (profile failed: {r['profile_error'][:100]})")
 EOF

@@ -146,3 +146,16 @@ def test_summary_of_unannotated_kernels():
     assert summary["by_category"] == {"elementwise": 2.0, "matmul": 1.0, "convolution": 0.5}
     assert summary["step_ms"] == 4.0 and summary["device_idle_ms"] == 0.5
     assert [r["op"] for r in summary["top_ops"]][0] == "kernel:loop_add_fusion_3"
+
+
+def test_a_failing_profile_keeps_the_timings(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no device plane")
+
+    monkeypatch.setattr(profile_lib, "capture", broken)
+    assert bench.main(["--config", TINY, "--heads", "mlp", "--dtypes", "float32",
+                       "--batch_size", "8", "--warmup", "1", "--steps", "2", "--repeats", "1",
+                       "--sync_steps", "0", "--profile", "unused"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["step_ms"] > 0 and "error" not in line
+    assert line["profile_error"] == "RuntimeError: no device plane"
