@@ -86,6 +86,8 @@ def test_profile_attributes_the_step(tmp_path, capsys):
     printed = capsys.readouterr().out
     summary = json.loads(printed.splitlines()[0])
     assert summary == json.loads((out / "profile.json").read_text())
+    assert (summary["head"], summary["dtype"], summary["batch_size"]) == ("transformer",
+                                                                          "float32", 8)
     assert "by part" in printed and (out / "trace.xplane.pb").stat().st_size > 0
     assert (out / "step.hlo.txt.gz").stat().st_size > 0
     scopes = summary["by_scope"]
@@ -123,6 +125,8 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
     lines = [json.loads(x) for x in (out / "bench.jsonl").read_text().splitlines()]
     assert [r["dtype"] for r in lines] == ["float32", "float16", "float32"]
     assert "error" in lines[1] and "error" not in lines[0] and "error" not in lines[2]
+    profiled = json.loads((out / "profile.json").read_text())
+    assert (profiled["head"], profiled["dtype"], profiled["batch_size"]) == ("mlp", "float32", 8)
     assert lines[0]["profile"] and lines[2]["overrides"] == [
         "rng_impl=rbg", "model.audio.batchnorm_one_pass=True"]
     assert sorted(p.name for p in out.iterdir()) == [

@@ -303,9 +303,10 @@ def format_tables(summary: dict) -> str:
     return "\n".join(out)
 
 
-def capture(setup, steps: int, out: pathlib.Path, *, top: int = 25) -> dict:
+def capture(setup, steps: int, out: pathlib.Path, *, setting: dict, top: int = 25) -> dict:
     """Traces `steps` steps of a prepared train step (atjax.bench.train_step.prepare) and
-    writes profile.json, profile.txt, step.hlo.txt.gz and trace.xplane.pb to `out`."""
+    writes profile.json, profile.txt, step.hlo.txt.gz and trace.xplane.pb to `out`.
+    `setting` (head, dtype, overrides, ...) goes into profile.json as it is."""
     import jax
 
     out.mkdir(parents=True, exist_ok=True)
@@ -326,7 +327,8 @@ def capture(setup, steps: int, out: pathlib.Path, *, top: int = 25) -> dict:
         shutil.rmtree(trace_dir, ignore_errors=True)
     times, source = device_op_times(out / "trace.xplane.pb")
     summary = {"bench": "profile", "device": jax.devices()[0].device_kind,
-               "jax": jax.__version__, "steps": steps, "timeline": source,
+               "jax": jax.__version__, **setting, "compile_s": round(setup.compile_s, 1),
+               "steps": steps, "timeline": source,
                **summarize(times, parse_hlo(hlo_text), steps, wall, top)}
     (out / "profile.json").write_text(json.dumps(summary, indent=1))
     (out / "profile.txt").write_text(format_tables(summary) + "\n")
@@ -359,10 +361,9 @@ def main(argv=None) -> int:
     print(f"[profile {args.head}/{args.dtype}] compiled in {setup.compile_s:.1f} s; tracing "
           f"{args.steps} steps after {args.warmup} warm-up steps", file=sys.stderr, flush=True)
     setup.run(args.warmup)
-    summary = {"head": args.head, "dtype": args.dtype, "batch_size": args.batch_size,
-               "overrides": overrides, "compile_s": round(setup.compile_s, 1),
-               **capture(setup, args.steps, out, top=args.top)}
-    (out / "profile.json").write_text(json.dumps(summary, indent=1))
+    setting = {"head": args.head, "dtype": args.dtype, "batch_size": args.batch_size,
+               "overrides": overrides}
+    summary = capture(setup, args.steps, out, setting=setting, top=args.top)
     print(json.dumps(summary), flush=True)
     print(format_tables(summary), flush=True)
     print(f"written to {out}", file=sys.stderr)

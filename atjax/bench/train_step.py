@@ -161,7 +161,9 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
         from atjax.bench import profile as profile_lib
         folder = pathlib.Path(args.profile)
         try:
-            summary = profile_lib.capture(setup, args.profile_steps, folder)
+            setting = {"head": head, "dtype": dtype, "batch_size": args.batch_size,
+                       "overrides": list(args.overrides)}
+            summary = profile_lib.capture(setup, args.profile_steps, folder, setting=setting)
             profiled = {"profile": str(folder), "device_busy_ms": summary["device_busy_ms"],
                         "device_idle_ms": summary["device_idle_ms"]}
         except Exception as e:  # a trace that cannot be read must not cost the timings
