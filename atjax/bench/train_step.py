@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -142,6 +143,11 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     progress("building and compiling the step")
     setup = prepare(config, head, dtype, args.batch_size, args.text_length)
     m = setup.config.model
+    if args.compile_only:
+        progress(f"compiled in {setup.compile_s:.1f} s (compile only)")
+        return {"bench": "train_step", "head": head, "dtype": dtype,
+                "overrides": list(args.overrides), "compile_only": True,
+                "compile_s": round(setup.compile_s, 1)}
     progress(f"compiled in {setup.compile_s:.1f} s; timing {args.repeats} x {args.steps} "
              f"steps after {args.warmup} warm-up steps")
     setup.run(args.warmup)
@@ -180,8 +186,8 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
         "bench": "train_step", "device": device.device_kind, "devices": jax.device_count(),
         "jax": jax.__version__, "head": head, "dtype": dtype,
         "rng_impl": setup.config.get("rng_impl", "threefry2x32"),
-        "overrides": list(args.overrides), "batch_size": args.batch_size,
-        "clip_seconds": setup.num_samples / m.audio.frontend.sample_rate,
+        "overrides": list(args.overrides), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "batch_size": args.batch_size, "clip_seconds": setup.num_samples / m.audio.frontend.sample_rate,
         "text_length": args.text_length, "text_encoder": m.text.encoder,
         "step_ms": round(step_s * 1e3, 2), "step_ms_min": round(min(windows) * 1e3, 2),
         "step_ms_sync": round(statistics.median(sync) * 1e3, 2) if sync else None,
@@ -228,6 +234,11 @@ def main(argv=None) -> int:
                              "went to this folder (atjax.bench.profile; one setting only)")
     parser.add_argument("--profile_steps", type=int, default=3)
     parser.add_argument("--out", default=None, help="also append the JSON lines here")
+    parser.add_argument("--compile_only", action="store_true",
+                        help="only build and compile each setting (with JAX's persistent "
+                             "compilation cache on, this fills it, so that a later timing "
+                             "run loads the compiled step); prints compile_s, appends "
+                             "nothing to --out")
     args = parser.parse_args(rest)
     args.overrides = overrides
     if args.profile and len(args.heads.split(",")) * len(args.dtypes.split(",")) > 1:
@@ -243,7 +254,7 @@ def main(argv=None) -> int:
                           "error": f"{type(e).__name__}: {str(e)[:500]}"}
             line = json.dumps(result)
             print(line, flush=True)
-            if args.out:
+            if args.out and not args.compile_only:
                 with open(args.out, "a") as f:
                     f.write(line + "\n")
     return 0
