@@ -131,10 +131,14 @@ def category(hlo: Hlo, inst: Instruction) -> str:
 
 
 def _kernel_category(kernel: str) -> str:
+    """A library kernel's category from its name (cuDNN, cuBLAS's nvjet/xmma gemms, ...)."""
     k = kernel.lower()
-    for key, cat in (("conv", "convolution"), ("gemm", "matmul"), ("xmma", "matmul"),
-                     ("fft", "fft"), ("threefry", "rng"), ("philox", "rng"),
-                     ("reduce", "reduction"), ("memcpy", "memcpy"), ("transpose", "layout copy")):
+    for key, cat in (("conv", "convolution"), ("cudnn", "convolution"),
+                     ("implicit_gemm", "convolution"), ("nchwtonhwc", "layout copy"),
+                     ("nhwctonchw", "layout copy"), ("gemm", "matmul"), ("nvjet", "matmul"),
+                     ("xmma", "matmul"), ("fft", "fft"), ("threefry", "rng"),
+                     ("philox", "rng"), ("reduce", "reduction"), ("memcpy", "memcpy"),
+                     ("memset", "memset"), ("transpose", "layout copy")):
         if key in k:
             return cat
     return "elementwise"
@@ -194,10 +198,36 @@ def _exclusive(events: list) -> list[tuple[object, float]]:
     return out
 
 
+@dataclasses.dataclass
+class DeviceTimes:
+    """What a trace says of the device: time per op, and the device's busy time."""
+    ops: dict[str, OpTime]
+    source: str  # which timeline: "GPU streams", "XLA Ops", "CPU thunks", ...
+    busy_ns: float = 0.0  # union of the ops' intervals (concurrent kernels counted once)
+    span_ns: float = 0.0  # first op's start to last op's end
+
+
+def _union_ns(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
 def device_op_times(xplane: str | pathlib.Path, module_hint: str = "train_step"
-                    ) -> tuple[dict[str, OpTime], str]:
-    """Exclusive device time per HLO op (or per kernel name where a kernel carries no op)
-    from a `jax.profiler` trace, and which timeline it was read from."""
+                    ) -> DeviceTimes:
+    """Device time per HLO op (or per kernel name where a kernel carries no usable op)
+    from a `jax.profiler` trace.
+
+    GPU kernels are taken at their full duration: they never nest, but kernels of one
+    CUDA graph may overlap, which the busy time (a union of intervals) counts once. XLA
+    launches runs of thunks as CUDA graphs ("command buffers"): their kernels carry the
+    command buffer's name instead of an HLO op, and are keyed by kernel name, which for
+    XLA's fusions is the fusion's name. CPU thunks nest inside control flow and count
+    their exclusive time.
+    """
     import jax
 
     data = jax.profiler.ProfileData.from_file(str(xplane))
@@ -219,26 +249,42 @@ def device_op_times(xplane: str | pathlib.Path, module_hint: str = "train_step"
     if not lines:  # a CPU backend: XLA's thunks on the host's thread-pool lines
         lines = [ln for p in planes if p.name.startswith("/host:CPU") for ln in p.lines]
         source = "CPU thunks"
-    times: dict[str, OpTime] = {}
+    result = DeviceTimes({}, source)
+    intervals = []
     for line in lines:
         events = list(line.events)
         if source == "CPU thunks":
             events = [e for e in events if _stat(e, "hlo_op") is not None]
-        for event, ns in _exclusive(events):
+            timed = _exclusive(events)
+        else:
+            timed = [(e, float(e.duration_ns)) for e in events]
+        for event, ns in timed:
             module = _stat(event, "hlo_module")
             if module is not None and module_hint and module_hint not in str(module):
                 continue
             op = _stat(event, "hlo_op")
-            key = str(op) if op is not None else f"kernel:{event.name}"
-            t = times.setdefault(key, OpTime(key))
+            if op is None or str(op).startswith("command_buffer"):
+                key = f"kernel:{event.name}"
+            else:
+                key = str(op)
+            t = result.ops.setdefault(key, OpTime(key))
             t.ns += max(ns, 0.0)
             t.calls += 1
-    return times, source
+            intervals.append((float(event.start_ns), float(event.start_ns + event.duration_ns)))
+    if intervals:
+        result.busy_ns = _union_ns(intervals)
+        result.span_ns = max(b for _, b in intervals) - min(a for a, _ in intervals)
+    return result
 
 
 def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
-              top: int = 25) -> dict:
-    """Per-step milliseconds by category, by model part and direction, and the top ops."""
+              top: int = 25, *, busy_ns: float | None = None,
+              span_ns: float | None = None) -> dict:
+    """Per-step milliseconds by category, by model part and direction, and the top ops.
+
+    `busy_ns` (the union of the ops' intervals, `DeviceTimes.busy_ns`) is the device's busy
+    time; without it, the sum of the op times. Idle is the host-timed step minus busy.
+    """
     by_category: dict[str, float] = collections.defaultdict(float)
     by_scope: dict[str, dict[str, float]] = collections.defaultdict(
         lambda: {"forward": 0.0, "backward": 0.0})
@@ -266,7 +312,8 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
         rows.append({"op": t.name, "category": cat, "scope": scope, "direction": direction,
                      "ms_per_step": ms, "calls_per_step": t.calls / steps,
                      "op_name": op_name if inst is not None else ""})
-    busy = sum(by_category.values())
+    op_ms = sum(by_category.values())
+    busy = busy_ns / 1e6 / steps if busy_ns is not None else op_ms
     step_ms = wall_s * 1e3 / steps
     rows.sort(key=lambda r: -r["ms_per_step"])
 
@@ -276,6 +323,9 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
     return {
         "step_ms": round(step_ms, 3), "device_busy_ms": round(busy, 3),
         "device_idle_ms": round(step_ms - busy, 3),
+        # Concurrent kernels (branches of a CUDA graph) make op time exceed busy time.
+        "device_op_ms": round(op_ms, 3),
+        "device_span_ms": round(span_ns / 1e6 / steps, 3) if span_ns is not None else None,
         "by_category": rounded(by_category),
         "by_scope": {k: {d: round(v, 3) for d, v in sorted(by.items())}
                      for k, by in sorted(by_scope.items(),
@@ -286,9 +336,12 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
 
 
 def format_tables(summary: dict) -> str:
-    out = [f"step {summary['step_ms']:.2f} ms: device busy {summary['device_busy_ms']:.2f} ms, "
-           f"idle {summary['device_idle_ms']:.2f} ms"]
-    busy = summary["device_busy_ms"] or 1.0
+    out = [f"step {summary['step_ms']:.2f} ms (host clock): device busy "
+           f"{summary['device_busy_ms']:.2f} ms, idle {summary['device_idle_ms']:.2f} ms; "
+           f"op time {summary['device_op_ms']:.2f} ms"]
+    if summary.get("device_span_ms") is not None:
+        out[0] += f"; first op to last {summary['device_span_ms']:.2f} ms"
+    busy = summary["device_op_ms"] or 1.0
     out.append("\nby category               ms/step   share")
     for k, v in summary["by_category"].items():
         out.append(f"  {k:<22} {v:9.3f}  {100 * v / busy:5.1f}%")
@@ -325,11 +378,12 @@ def capture(setup, steps: int, out: pathlib.Path, *, setting: dict, top: int = 2
         shutil.copy(xplanes[-1], out / "trace.xplane.pb")
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
-    times, source = device_op_times(out / "trace.xplane.pb")
+    device = device_op_times(out / "trace.xplane.pb")
     summary = {"bench": "profile", "device": jax.devices()[0].device_kind,
                "jax": jax.__version__, **setting, "compile_s": round(setup.compile_s, 1),
-               "steps": steps, "timeline": source,
-               **summarize(times, parse_hlo(hlo_text), steps, wall, top)}
+               "steps": steps, "timeline": device.source,
+               **summarize(device.ops, parse_hlo(hlo_text), steps, wall, top,
+                           busy_ns=device.busy_ns, span_ns=device.span_ns)}
     (out / "profile.json").write_text(json.dumps(summary, indent=1))
     (out / "profile.txt").write_text(format_tables(summary) + "\n")
     return summary

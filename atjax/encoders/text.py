@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from atjax import layer_norm as layer_norm_lib
+
 _ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF's "gelu" is the erf form
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -123,7 +125,9 @@ def preset(name: str) -> TextEncoderConfig:
 
 def _layer_norm(norm: nnx.LayerNorm, x, dtype):
     # Statistics in float32 whatever the compute dtype: bfloat16 variance loses too much.
-    return norm(x.astype(jnp.float32)).astype(dtype)
+    # atjax.layer_norm rather than calling `norm`: same function, a faster backward on GPUs.
+    return layer_norm_lib.layer_norm(x, norm.scale.get_value(), norm.bias.get_value(),
+                                     norm.epsilon, dtype)
 
 
 class Embeddings(nnx.Module):
