@@ -128,6 +128,27 @@ def step_keys(base_key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     return {"dropout": dropout, "augment": augment}
 
 
+# Leaves smaller than this enter `global_norm` as one concatenation.
+SMALL_LEAF = 1 << 16
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+    """The L2 norm of all leaves together (optax.global_norm), computed in float32.
+
+    optax sums each leaf's squares separately: one reduction kernel per leaf on a GPU,
+    ~5 us even for a 64-element BatchNorm bias. ResNet38 + RoBERTa-Large has ~270 such
+    small leaves (1.3 ms of a 48 ms step on an H200). Here the small leaves are
+    concatenated first (a few MB) and summed as one.
+    """
+    leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    small = [x.ravel() for x in leaves if x.size < SMALL_LEAF]
+    total = sum((jnp.sum(jnp.square(x)) for x in leaves if x.size >= SMALL_LEAF),
+                jnp.zeros((), jnp.float32))
+    if small:
+        total = total + jnp.sum(jnp.square(jnp.concatenate(small)))
+    return jnp.sqrt(total)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], rest: PyTree,
                base_key: jax.Array, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -143,7 +164,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rest: PyTree,
     with jax.named_scope("optimizer"):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = global_norm(grads)
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                            opt_state=opt_state)
     return new_state, metrics

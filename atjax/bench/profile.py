@@ -39,8 +39,10 @@ _INSTRUCTION = re.compile(
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?(?P<name>[^\s(]+)\s.*\{\s*$")
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
                 "all-to-all")
-# jax.random's functions, as they appear in op names: the ops that make random bits.
-_RNG_SCOPES = ("threefry", "random_bits", "_bernoulli", "_uniform", "_randint", "_normal")
+# jax.random's functions that make random bits, as they appear in op names. Not
+# `_bernoulli`/`_uniform`: their compares and selects also run in the backward pass,
+# re-deriving a dropout mask from saved bits, which is elementwise work, not bit making.
+_RNG_SCOPES = ("threefry", "random_bits", "rng_bit_generator")
 _LAYOUT = {"copy", "transpose", "bitcast", "reshape", "copy-start", "copy-done"}
 _CONTROL_FLOW = {"while", "conditional", "call", "async-start", "async-done"}
 # Lines of a device plane that repeat, grouped, what its stream lines already hold.
@@ -349,9 +351,9 @@ def format_tables(summary: dict) -> str:
     for k, v in summary["by_scope"].items():
         out.append(f"  {k:<22} {v['forward']:9.3f} {v['backward']:9.3f} "
                    f"{v['forward'] + v['backward']:9.3f}")
-    out.append("\nheaviest ops                       ms/step  calls  category      part")
+    out.append("\nheaviest ops                                   ms/step  calls  category      part")
     for r in summary["top_ops"]:
-        out.append(f"  {r['op'][:32]:<32} {r['ms_per_step']:8.3f} {r['calls_per_step']:6.1f}  "
+        out.append(f"  {r['op'][:44]:<44} {r['ms_per_step']:8.3f} {r['calls_per_step']:6.1f}  "
                    f"{r['category']:<13} {r['scope']} ({r['direction']})")
     return "\n".join(out)
 
