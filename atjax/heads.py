@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from atjax import dropout as dropout_lib
+
 
 class MLPHead(nnx.Module):
     """Linear -> ReLU -> dropout -> Linear on a pooled vector `[B, in_dim]`."""
@@ -27,7 +29,7 @@ class MLPHead(nnx.Module):
     def __init__(self, in_dim: int, out_dim: int, *, dropout_rate: float = 0.1,
                  dtype=jnp.float32, rngs: nnx.Rngs):
         self.fc1 = nnx.Linear(in_dim, out_dim, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.dropout = dropout_lib.Dropout(dropout_rate, rngs=rngs)
         self.fc2 = nnx.Linear(out_dim, out_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -61,7 +63,7 @@ class TransformerLayer(nnx.Module):
         self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
         self.mlp_in = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
         self.mlp_out = nnx.Linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.dropout = dropout_lib.Dropout(dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         # mask: [B, 1, L, L] boolean, True where attention is allowed.

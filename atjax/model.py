@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from atjax import dropout as dropout_lib
 from atjax import heads
 from atjax.encoders import panns
 from atjax.encoders import text as text_lib
@@ -80,6 +81,8 @@ def clip_samples(config: ml_collections.ConfigDict) -> int:
 class DualEncoder(nnx.Module):
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         dtype = compute_dtype(config)
+        # Configs written before dropout_mask_bits existed lack it: 32 is nnx.Dropout.
+        mask_bits = dropout_lib.check_mask_bits(config.get("dropout_mask_bits", 32))
         self.head_kind = config.head
         self.freeze_text = bool(config.text.freeze)
         self.chunk_samples = chunk_samples(config)
@@ -91,6 +94,9 @@ class DualEncoder(nnx.Module):
         self.text_head = heads.make_head(
             config.head, self.text_encoder.output_dim, config.embed_dim,
             dropout_rate=config.head_dropout, dtype=dtype, rngs=rngs)
+        for _, module in self.iter_modules():
+            if isinstance(module, dropout_lib.Dropout):
+                module.mask_bits = mask_bits
         init_scale = jnp.asarray(math.log(1.0 / config.temperature), jnp.float32)
         # A fixed temperature is a non-Param variable, so the optimizer never sees it.
         param_type = nnx.Param if config.learn_temperature else nnx.Variable
@@ -161,6 +167,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.head = "mlp"                 # "mlp" (baseline) | "transformer" (the paper's proposal)
     c.embed_dim = 1024
     c.head_dropout = 0.1
+    # Random bits per dropout decision, at every dropout site of the model: 32 is
+    # nnx.Dropout; 16 halves the PRNG work (rates then quantised to 2**-16; atjax.dropout).
+    c.dropout_mask_bits = 32
     c.compute_dtype = "float32"    # "float32" | "bfloat16"; parameters stay float32
     c.temperature = 0.07
     c.learn_temperature = True

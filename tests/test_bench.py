@@ -165,6 +165,23 @@ def test_summary_of_unannotated_kernels():
     assert [r["op"] for r in summary["top_ops"]][0] == "kernel:loop_add_fusion_3"
 
 
+def test_busy_time_counts_concurrent_kernels_once():
+    # Kernels of one CUDA graph can overlap: busy time is the union of their intervals,
+    # while the op times still add up by category.
+    assert profile_lib._union_ns([(0, 4), (2, 6), (10, 11), (3, 5)]) == 7
+    assert profile_lib._union_ns([]) == 0
+    times = {"kernel:loop_add_fusion_1": profile_lib.OpTime("kernel:loop_add_fusion_1", 6e6, 2),
+             "kernel:nvjet_sm90_tst_128x128": profile_lib.OpTime("kernel:nvjet_sm90_tst_128x128",
+                                                                 4e6, 2)}
+    summary = profile_lib.summarize(times, profile_lib.Hlo({}, {}), steps=2, wall_s=0.010,
+                                    busy_ns=8e6, span_ns=9e6)
+    assert summary["device_op_ms"] == 5.0 and summary["device_busy_ms"] == 4.0
+    assert summary["device_idle_ms"] == 1.0 and summary["device_span_ms"] == 4.5
+    assert summary["by_category"] == {"elementwise": 3.0, "matmul": 2.0}
+    text = profile_lib.format_tables(summary)
+    assert "device busy 4.00 ms, idle 1.00 ms; op time 5.00 ms" in text
+
+
 def test_a_failing_profile_keeps_the_timings(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("no device plane")

@@ -39,10 +39,12 @@ _INSTRUCTION = re.compile(
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?(?P<name>[^\s(]+)\s.*\{\s*$")
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
                 "all-to-all")
-# jax.random's functions that make random bits, as they appear in op names. Not
-# `_bernoulli`/`_uniform`: their compares and selects also run in the backward pass,
-# re-deriving a dropout mask from saved bits, which is elementwise work, not bit making.
-_RNG_SCOPES = ("threefry", "random_bits", "rng_bit_generator")
+# jax.random's functions, as they appear in op names. A fusion makes random bits when it
+# runs their hashing (threefry's and philox's rounds both xor; converting bits to floats,
+# comparing and selecting do not): the backward pass re-derives dropout masks from saved
+# bits with compares and selects, which is elementwise work, not bit making.
+_RNG_SCOPES = ("threefry", "random_bits", "rng_bit_generator", "_uniform", "_bernoulli",
+               "_randint", "_normal")
 _LAYOUT = {"copy", "transpose", "bitcast", "reshape", "copy-start", "copy-done"}
 _CONTROL_FLOW = {"while", "conditional", "call", "async-start", "async-done"}
 # Lines of a device plane that repeat, grouped, what its stream lines already hold.
@@ -113,7 +115,6 @@ def category(hlo: Hlo, inst: Instruction) -> str:
     body = _body(hlo, inst)
     opcodes = {i.opcode for i in body}
     targets = " ".join(i.target for i in body).lower()
-    names = " ".join(i.op_name for i in body)
     if any(c in op for op in opcodes for c in _COLLECTIVES):
         return "collective"
     if "convolution" in opcodes or "conv" in targets:
@@ -123,7 +124,7 @@ def category(hlo: Hlo, inst: Instruction) -> str:
     if "fft" in opcodes or "fft" in targets:
         return "fft"
     if "rng-bit-generator" in opcodes or "threefry" in targets or any(
-            key in names for key in _RNG_SCOPES):
+            i.opcode == "xor" and any(key in i.op_name for key in _RNG_SCOPES) for i in body):
         return "rng"
     if "reduce" in opcodes or "reduce-window" in opcodes:
         return "reduction"

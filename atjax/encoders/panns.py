@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from atjax import dropout as dropout_lib
 from atjax import frontend as frontend_lib
 
 logger = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ class BasicBlock(nnx.Module):
         self.pool = stride == 2  # PANNs downsamples by average pooling, not strided convs
         self.conv1 = _conv(in_features, width, 3, dtype, rngs)
         self.bn1 = BatchNorm(width, dtype=dtype)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout = dropout_lib.Dropout(dropout, rngs=rngs)
         self.conv2 = _conv(width, width, 3, dtype, rngs)
         # Zero-initialised last scale: a fresh block starts as the identity (PANNs' init).
         self.bn2 = BatchNorm(width, dtype=dtype, scale_init=0.0)
@@ -308,7 +309,7 @@ class BottleneckBlock(nnx.Module):
         self.bn1 = BatchNorm(width, dtype=dtype)
         self.conv2 = _conv(width, width, 3, dtype, rngs)
         self.bn2 = BatchNorm(width, dtype=dtype)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout = dropout_lib.Dropout(dropout, rngs=rngs)
         self.conv3 = _conv(width, out_features, 1, dtype, rngs)
         self.bn3 = BatchNorm(out_features, dtype=dtype, scale_init=0.0)
         self.shortcut = _shortcut(in_features, out_features, stride, dtype, rngs)
@@ -344,7 +345,7 @@ class ResNet(nnx.Module):
         self.bn0 = BatchNorm(config.frontend.n_mels, dtype=jnp.float32)
         self.spec_augment = frontend_lib.SpecAugment(rngs=rngs) if config.spec_augment else None
         self.conv_block1 = ConvBlock(1, config.stem_width, dtype=dtype, rngs=rngs)
-        self.feature_dropout = nnx.Dropout(config.feature_dropout, rngs=rngs)
+        self.feature_dropout = dropout_lib.Dropout(config.feature_dropout, rngs=rngs)
         block_class = _BLOCK_CLASSES[config.block]
         stages = []
         features = config.stem_width
@@ -358,10 +359,10 @@ class ResNet(nnx.Module):
             stages.append(nnx.List(stage))
         self.stages = nnx.List(stages)
         self.conv_block_after1 = ConvBlock(features, config.embed_dim, dtype=dtype, rngs=rngs)
-        self.pooled_dropout = nnx.Dropout(config.pooled_dropout, rngs=rngs)
+        self.pooled_dropout = dropout_lib.Dropout(config.pooled_dropout, rngs=rngs)
         self.fc1 = nnx.Linear(config.embed_dim, config.embed_dim, dtype=dtype,
                               kernel_init=_xavier, rngs=rngs)
-        self.embedding_dropout = nnx.Dropout(config.embedding_dropout, rngs=rngs)
+        self.embedding_dropout = dropout_lib.Dropout(config.embedding_dropout, rngs=rngs)
         self.fc_audioset = nnx.Linear(config.embed_dim, config.num_classes, dtype=dtype,
                                       kernel_init=_xavier, rngs=rngs)
         if config.batchnorm_one_pass is not None:

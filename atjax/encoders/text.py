@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from atjax import dropout as dropout_lib
 from atjax import layer_norm as layer_norm_lib
 
 _ACTIVATIONS = {
@@ -138,7 +139,7 @@ class Embeddings(nnx.Module):
         self.position = embed(c.max_position_embeddings)
         self.token_type = embed(c.type_vocab_size)
         self.norm = nnx.LayerNorm(c.hidden_size, epsilon=c.layer_norm_eps, rngs=rngs)
-        self.dropout = nnx.Dropout(c.dropout_rate, rngs=rngs)
+        self.dropout = dropout_lib.Dropout(c.dropout_rate, rngs=rngs)
         self.model_type, self.pad_token_id, self.dtype = c.model_type, c.pad_token_id, dtype
 
     def __call__(self, input_ids):
@@ -168,8 +169,8 @@ class Layer(nnx.Module):
         self.mlp_in = dense(c.hidden_size, c.intermediate_size)
         self.mlp_out = dense(c.intermediate_size, c.hidden_size)
         self.mlp_norm = norm()
-        self.attention_dropout = nnx.Dropout(c.attention_dropout_rate, rngs=rngs)
-        self.dropout = nnx.Dropout(c.dropout_rate, rngs=rngs)
+        self.attention_dropout = dropout_lib.Dropout(c.attention_dropout_rate, rngs=rngs)
+        self.dropout = dropout_lib.Dropout(c.dropout_rate, rngs=rngs)
         self.num_heads, self.hidden_act, self.dtype = c.num_heads, c.hidden_act, dtype
 
     def __call__(self, x, mask_bias):
