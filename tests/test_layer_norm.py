@@ -79,3 +79,24 @@ def test_gradients_against_finite_differences():
             np.testing.assert_allclose(np.ravel(grads[i]), numeric, atol=2e-3, rtol=2e-3)
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+def test_both_forms_of_the_parameter_gradients_agree():
+    # The CPU lowering picks the plain sums; GPUs and TPUs the separated two-output
+    # reduction. Both run here, against a float64 numpy computation.
+    from atjax import layer_norm as layer_norm_lib
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(4, 6, 40)) + 5.0, jnp.bfloat16)
+    g = jnp.asarray(rng.normal(size=(4, 6, 40)), jnp.bfloat16)
+    x64 = np.asarray(x, np.float64)
+    mean = x64.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x64 - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+    g64 = np.asarray(g, np.float64)
+    want = ((g64 * (x64 - mean) * rstd).sum((0, 1)), g64.sum((0, 1)))
+    args = (g, x, jnp.asarray(mean, jnp.float32), jnp.asarray(rstd, jnp.float32))
+    for form in (layer_norm_lib.parameter_grads_fused, layer_norm_lib.parameter_grads_separate):
+        got = jax.jit(form)(*args)
+        for a, b in zip(got, want):
+            assert a.dtype == jnp.float32 and a.shape == (40,)
+            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-4)
