@@ -98,12 +98,13 @@ def test_profile_attributes_the_step(tmp_path, capsys):
     assert scopes["optimizer"]["backward"] == 0  # the update is not differentiated
     busy, op_ms = summary["device_busy_ms"], summary["device_op_ms"]
     assert busy > 0
-    # Op times add up by category and by part; ops that ran at the same time (CPU thunks
-    # on several threads, branches of a CUDA graph) count once in the busy time.
+    # Op times add up by category and by part. Busy time is the union of the thunks'
+    # intervals: on a CPU it counts control-flow thunks (whose bodies are timed as ops)
+    # and thunks on several threads once, so it need not equal the op time.
     assert sum(summary["by_category"].values()) == pytest.approx(op_ms, rel=1e-3, abs=5e-3)
     assert sum(sum(v.values()) for v in scopes.values()) == pytest.approx(op_ms, rel=1e-3,
                                                                           abs=5e-3)
-    assert busy <= op_ms + 1e-3 and busy <= summary["device_span_ms"] + 1e-3
+    assert op_ms > 0 and busy <= summary["device_span_ms"] + 1e-3
     assert {"convolution", "rng", "fft"} <= set(summary["by_category"])
     top = summary["top_ops"]
     assert top == sorted(top, key=lambda r: -r["ms_per_step"])
