@@ -11,9 +11,9 @@ gives them no operand in common with the input gradient's kernels, so XLA cannot
 them into one kernel. Measured on the H200: the input gradient became one 5 us kernel per
 LayerNorm; the parameter gradients, as two sums, a 26 us kernel (XLA wrote the
 [tokens, features] float32 product out for the second sum): 45 kernels at 60 us became
-47 at 26 us and 46 at 5 us. They are now one variadic reduction with two outputs. On
-CPUs (`lax.platform_dependent`) they stay two plain sums: XLA:CPU fuses those well and
-runs variadic reductions unvectorised.
+47 at 26 us and 46 at 5 us. They are now one two-output reduction in two stages
+(`atjax.column_sum`, which says why). On CPUs (`lax.platform_dependent`) they stay two
+plain sums: XLA:CPU fuses those well and runs variadic reductions unvectorised.
 
 The input gradient is the standard one: with x^ = (x - mean) * rstd and dx^ = g * scale,
 dx = rstd * (dx^ - mean(dx^) - x^ * mean(dx^ * x^)).
@@ -25,6 +25,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from atjax.column_sum import column_sums
 
 
 def _statistics(x32: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
@@ -60,15 +62,12 @@ def parameter_grads_fused(g, x, mean, rstd):
 
 def parameter_grads_separate(g, x, mean, rstd):
     """(d scale, d bias) from inputs behind a barrier (see the module doc), as one
-    two-output reduction: two separate sums let XLA:GPU fuse one of them with the other's
-    elementwise input and write that [tokens, features] float32 product out."""
-    rows = tuple(range(x.ndim - 1))
+    two-output reduction (`atjax.column_sum`): two separate sums let XLA:GPU fuse one of
+    them with the other's elementwise input and write that [tokens, features] float32
+    product out; and a single-stage sum over 2048 tokens keeps most of a GPU idle."""
     gb, xb, meanb, rstdb = jax.lax.optimization_barrier((g, x, mean, rstd))
     gb32 = gb.astype(jnp.float32)
-    zero = jnp.zeros((), jnp.float32)
-    return jax.lax.reduce(
-        (gb32 * ((xb.astype(jnp.float32) - meanb) * rstdb), gb32), (zero, zero),
-        lambda a, b: (a[0] + b[0], a[1] + b[1]), rows)
+    return column_sums(gb32 * ((xb.astype(jnp.float32) - meanb) * rstdb), gb32)
 
 
 def _backward(epsilon, dtype, residuals, g):

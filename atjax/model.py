@@ -40,8 +40,9 @@ def audio_config(config: ml_collections.ConfigDict) -> panns.ResNetConfig:
     if a.arch not in factories:
         raise ValueError(f"model.audio.arch must be one of {sorted(factories)}, got {a.arch!r}")
     fe = frontend.FrontendConfig(**dict(a.frontend))
-    # Configs written before batchnorm_one_pass existed lack it: None is the automatic choice.
-    fields = {"batchnorm_one_pass": a.get("batchnorm_one_pass"), **dict(a.network)}
+    # Configs written before these settings existed lack them: their defaults apply.
+    fields = {"batchnorm_one_pass": a.get("batchnorm_one_pass"),
+              "stem_conv": a.get("stem_conv", "conv"), **dict(a.network)}
     return factories[a.arch](frontend=fe, **fields)
 
 
@@ -184,6 +185,9 @@ def default_config() -> ml_collections.ConfigDict:
     # BatchNorm statistics in one pass over the activations (True) or two (False); None:
     # one for bfloat16 compute, two for float32 (atjax.encoders.panns.BatchNorm).
     c.audio.batchnorm_one_pass = None
+    # The first convolution (1 -> 64 channels at full resolution): "conv" (cuDNN on GPUs) or
+    # "taps", the same function as elementwise taps and a matmul (atjax.tap_conv).
+    c.audio.stem_conv = "conv"
     c.text = ml_collections.ConfigDict()
     c.text.encoder = "roberta-large"   # a Table 1 preset, or "auto" for path/config.json
     c.text.path = ""                   # local Hugging Face folder (tokenizer, config, weights)

@@ -3,6 +3,7 @@ consistent figures, and `atjax.bench profile` attributes device time to the mode
 and to op categories that a hand-made program is known to contain."""
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +109,10 @@ def test_profile_attributes_the_step(tmp_path, capsys):
     assert {"convolution", "rng", "fft"} <= set(summary["by_category"])
     top = summary["top_ops"]
     assert top == sorted(top, key=lambda r: -r["ms_per_step"])
+    # Every thunk is an HLO op: each has its shape, its bytes and their rate.
+    assert all(r["shape"] and r["gb_per_s"] is not None for r in top), top
+    assert any(r["bytes_per_call"] > 0 and r["gb_per_s"] > 0 for r in top)
+    assert "GB/s" in printed
 
 
 def test_gpu_session_script_runs_end_to_end(tmp_path):
@@ -181,6 +186,126 @@ def test_busy_time_counts_concurrent_kernels_once():
     assert summary["by_category"] == {"elementwise": 3.0, "matmul": 2.0}
     text = profile_lib.format_tables(summary)
     assert "device busy 4.00 ms, idle 1.00 ms; op time 5.00 ms" in text
+
+
+# A module as `compiled.as_text()` prints it on a GPU: a fusion with two operands and a
+# tuple result, a cuDNN convolution and a cuBLAS matmul returning scratch workspace as the
+# last element of their tuples, a get-tuple-element printed with its operand's tuple type.
+BYTES_HLO = """HloModule jit_f, entry_computation_layout={(f32[64,32]{1,0})->bf16[64,32]{1,0}}
+
+%fused_add (param_0: f32[64,32], param_1.1: bf16[32]) -> (f32[64,32], bf16[64,32]) {
+  %param_0 = f32[64,32]{1,0} parameter(0)
+  %param_1.1 = bf16[32]{0} parameter(1)
+  %convert.1 = f32[32]{0} convert(%param_1.1)
+  %broadcast.1 = f32[64,32]{1,0} broadcast(%convert.1), dimensions={1}
+  %add.1 = f32[64,32]{1,0} add(%param_0, %broadcast.1), metadata={op_name="jit(f)/add"}
+  %convert.2 = bf16[64,32]{1,0} convert(%add.1)
+  ROOT %tuple.1 = (f32[64,32]{1,0}, bf16[64,32]{1,0}) tuple(%add.1, %convert.2)
+}
+
+ENTRY %main.9 (x.1: f32[64,32], b.1: bf16[32], img.1: bf16[2,8,10,10]) -> bf16[64,32] {
+  %x.1 = f32[64,32]{1,0} parameter(0), metadata={op_name="x"}
+  %b.1 = bf16[32]{0} parameter(1)
+  %img.1 = bf16[2,8,10,10]{3,2,1,0} parameter(2)
+  %w.1 = bf16[16,8,3,3]{3,2,1,0} parameter(3)
+  %w2.1 = f32[32,16]{1,0} parameter(4)
+  %flags.1 = pred[64]{0} parameter(5)
+  %fusion.1 = (f32[64,32]{1,0}, bf16[64,32]{1,0}) fusion(%x.1, %b.1), kind=kLoop, calls=%fused_add, metadata={op_name="jit(f)/jvp(audio_encoder)/stage1/add"}
+  %cudnn-conv.1 = (bf16[2,16,10,10]{3,2,1,0}, u8[1048576]{0}) custom-call(%img.1, %w.1), window={size=3x3 pad=1_1x1_1}, dim_labels=bf01_oi01->bf01, custom_call_target="__cudnn$convForward", metadata={op_name="jit(f)/jvp(audio_encoder)/stage1/conv_general_dilated"}
+  %custom-call.1 = (f32[64,16]{1,0}, s8[4194304]{0}) custom-call(%x.1, %w2.1), custom_call_target="__cublas$lt$matmul"
+  %get-tuple-element.1 = bf16[2,16,10,10]{3,2,1,0} get-tuple-element((bf16[2,16,10,10]{3,2,1,0}, u8[1048576]{0}) %cudnn-conv.1), index=0
+  %fusion.2 = (pred[64]{0}, c64[8]{0}, /*index=2*/s64[]) fusion(%flags.1, %flags.1, %nowhere.3), kind=kLoop, calls=%fused_add
+  ROOT %get-tuple-element.2 = bf16[64,32]{1,0} get-tuple-element(%fusion.1), index=1
+}
+"""
+
+
+def test_bytes_accessed_of_a_hand_written_module():
+    hlo = profile_lib.parse_hlo(BYTES_HLO)
+    inst = hlo.instructions
+    assert inst["fusion.1"].operands == ("x.1", "b.1")  # not its body's parameters
+    assert inst["param_0"].operands == () and inst["add.1"].operands == ("param_0",
+                                                                        "broadcast.1")
+    assert inst["get-tuple-element.1"].operands == ("cudnn-conv.1",)
+    assert inst["fusion.1"].shape == "(f32[64,32], bf16[64,32])"
+    assert inst["fusion.2"].shape == "(pred[64], c64[8], s64[])"
+    assert inst["fusion.1"].result_bytes == 64 * 32 * 4 + 64 * 32 * 2
+    assert inst["cudnn-conv.1"].result_bytes == 2 * 16 * 10 * 10 * 2 + 1048576
+    assert inst["w.1"].result_bytes == 16 * 8 * 3 * 3 * 2 and inst["x.1"].operands == ()
+    # 64 bools, 8 complex64s, one int64.
+    assert inst["fusion.2"].result_bytes == 64 * 1 + 8 * 8 + 8
+    assert inst["fusion.1"].op_name == "jit(f)/jvp(audio_encoder)/stage1/add"
+    assert inst["fusion.1"].calls == "fused_add"
+    assert inst["cudnn-conv.1"].target == "__cudnn$convForward"
+
+    def moved(name):
+        return profile_lib.bytes_accessed(hlo, inst[name])
+
+    # Reads x (f32[64,32]) and b (bf16[32]), writes an f32 and a bf16 [64,32].
+    assert moved("fusion.1") == (64 * 32 * 4 + 32 * 2) + (64 * 32 * 4 + 64 * 32 * 2)
+    # Image and filter in, the output out; the u8 workspace left out.
+    assert moved("cudnn-conv.1") == 2 * 8 * 10 * 10 * 2 + 16 * 8 * 3 * 3 * 2 + 2 * 16 * 10 * 10 * 2
+    # cuBLAS's workspace is s8.
+    assert moved("custom-call.1") == 64 * 32 * 4 + 32 * 16 * 4 + 64 * 16 * 4
+    # An operand with a workspace counts without it.
+    assert moved("get-tuple-element.1") == 2 * (2 * 16 * 10 * 10 * 2)
+    # An operand read twice counts once, an unknown one 0.
+    assert moved("fusion.2") == 64 + (64 + 8 * 8 + 8)
+    assert moved("x.1") == 64 * 32 * 4
+
+
+def test_summary_reports_the_bandwidth_of_each_op():
+    hlo = profile_lib.parse_hlo(BYTES_HLO)
+    fusion = (64 * 32 * 4 + 32 * 2) + (64 * 32 * 4 + 64 * 32 * 2)
+    conv = 2 * 8 * 10 * 10 * 2 + 16 * 8 * 3 * 3 * 2 + 2 * 16 * 10 * 10 * 2
+    times = {t.name: t for t in (
+        # a fusion in a command buffer, known by its kernel's name
+        profile_lib.OpTime("kernel:fusion_1", ns=9e3, calls=4),
+        # a convolution whose 2 runs launched 6 kernels (memsets, layout transforms)
+        profile_lib.OpTime("cudnn-conv.1", ns=6e3, calls=6, runs=2),
+        profile_lib.OpTime("kernel:nvjet_sm90_tst_128x128", ns=3e3, calls=2))}
+    summary = profile_lib.summarize(times, hlo, steps=2, wall_s=1e-5)
+    rows = {r["op"]: r for r in summary["top_ops"]}
+    assert list(rows) == ["kernel:fusion_1", "cudnn-conv.1", "kernel:nvjet_sm90_tst_128x128"]
+    row = rows["kernel:fusion_1"]
+    assert row["bytes_per_call"] == fusion and row["shape"] == "(f32[64,32], bf16[64,32])"
+    assert row["gb_per_s"] == pytest.approx(fusion * 4 / 9e3, abs=0.05)
+    assert row["scope"] == "audio_encoder/stage1" and row["calls_per_step"] == 2
+    row = rows["cudnn-conv.1"]
+    assert row["bytes_per_call"] == conv and row["shape"] == "(bf16[2,16,10,10], u8[1048576])"
+    assert row["gb_per_s"] == pytest.approx(conv * 2 / 6e3, abs=0.05)  # runs, not kernels
+    assert row["calls_per_step"] == 3
+    row = rows["kernel:nvjet_sm90_tst_128x128"]
+    assert (row["bytes_per_call"], row["gb_per_s"], row["shape"]) == (None, None, "")
+    lines = profile_lib.format_tables(summary).splitlines()
+    at = lines.index(next(x for x in lines if x.startswith("heaviest ops")))
+    assert "GB/s" in lines[at]
+    assert f"{fusion * 4 / 9e3:7.0f}  elementwise" in lines[at + 1]
+    assert f"{conv * 2 / 6e3:7.0f}  convolution" in lines[at + 2]
+    assert f"{1.0:6.1f} {'':7}  matmul" in lines[at + 3]  # no rate
+
+
+def test_kernels_of_one_library_call_are_one_run(monkeypatch):
+    # A cuDNN convolution launches several kernels that share its thunk's annotation range;
+    # a command buffer's kernels, keyed by name, share the buffer's range but each is a run.
+    def event(name, start, op, scope):
+        return types.SimpleNamespace(name=name, start_ns=start, duration_ns=10.0,
+                                     stats=[("hlo_op", op), ("scope_range_id", scope)])
+
+    stream = [event("Memset", 0, "cudnn-conv.1", 7), event("nchwToNhwc", 20, "cudnn-conv.1", 7),
+              event("implicit_gemm", 40, "cudnn-conv.1", 7),
+              event("loop_add_fusion_3", 60, "command_buffer_1", 8),
+              event("loop_add_fusion_3", 80, "command_buffer_1", 8),
+              event("Memset", 100, "cudnn-conv.1", 9), event("implicit_gemm", 120,
+                                                             "cudnn-conv.1", 9)]
+    line = types.SimpleNamespace(name="Stream #14(Compute)", events=stream)
+    plane = types.SimpleNamespace(name="/device:GPU:0", lines=[line])
+    profile = types.SimpleNamespace(planes=[plane])
+    monkeypatch.setattr(jax.profiler, "ProfileData",
+                        types.SimpleNamespace(from_file=lambda path: profile))
+    ops = profile_lib.device_op_times("unused.xplane.pb", module_hint="").ops
+    assert (ops["cudnn-conv.1"].calls, ops["cudnn-conv.1"].runs) == (5, 2)
+    assert (ops["kernel:loop_add_fusion_3"].calls, ops["kernel:loop_add_fusion_3"].runs) == (2, 2)
 
 
 def test_a_failing_profile_keeps_the_timings(monkeypatch, capsys):

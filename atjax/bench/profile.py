@@ -11,6 +11,11 @@ every device op (every kernel on a GPU, every XLA op on a TPU, every thunk on a 
     atjax.model, atjax.encoders and atjax.train_step open (audio_encoder/stage2,
     text_encoder/layers, loss, optimizer, ...), forward or backward (`transpose(...)`).
 
+Each of the heaviest ops also shows its result shape and the memory traffic its inputs and
+outputs imply, in GB/s of its device time: a kernel far below the card's bandwidth (an
+H200 moves 3-4 TB/s in plain elementwise kernels) is a candidate for another layout,
+fusion or algorithm.
+
 It prints one JSON line (per-step milliseconds by category and by part, the heaviest ops,
 and the time the device sat idle within a step) followed by readable tables, and writes
 both, the compiled HLO and the raw trace (`*.xplane.pb`, for TensorBoard or Perfetto) to
@@ -45,6 +50,17 @@ _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permut
 # bits with compares and selects, which is elementwise work, not bit making.
 _RNG_SCOPES = ("threefry", "random_bits", "rng_bit_generator", "_uniform", "_bernoulli",
                "_randint", "_normal")
+# Bits per element of HLO's element types (f4e2m1fn, s4 and u4 pack two to a byte).
+_ELEMENT_BITS = {
+    "pred": 8, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "s16": 16, "u16": 16, "f16": 16,
+    "bf16": 16, "s32": 32, "u32": 32, "f32": 32, "s64": 64, "u64": 64, "f64": 64, "c64": 64,
+    "c128": 128, "f4e2m1fn": 4, "f8e3m4": 8, "f8e4m3": 8, "f8e4m3fn": 8, "f8e4m3fnuz": 8,
+    "f8e4m3b11fnuz": 8, "f8e5m2": 8, "f8e5m2fnuz": 8, "f8e8m0fnu": 8}
+# An array in an HLO type: `bf16[64,1001,64,64]` (a scalar is `f32[]`, a bounded dynamic
+# dimension `<=128`); the longest names first, so that `f8e4m3fnuz` is not read as `f8e4m3`.
+_ARRAY = re.compile(r"\b(" + "|".join(sorted(_ELEMENT_BITS, key=len, reverse=True))
+                    + r")\[([^\]]*)\]")
+_PAREN = re.compile(r"[()]")
 _LAYOUT = {"copy", "transpose", "bitcast", "reshape", "copy-start", "copy-done"}
 _CONTROL_FLOW = {"while", "conditional", "call", "async-start", "async-done"}
 # Lines of a device plane that repeat, grouped, what its stream lines already hold.
@@ -60,6 +76,9 @@ class Instruction:
     op_name: str = ""
     target: str = ""
     calls: str = ""
+    shape: str = ""  # the result type without layouts: "(f32[64,1024], u8[4096])"
+    result_bytes: int = 0  # the bytes of every array of the result, tuples summed
+    operands: tuple[str, ...] = ()  # the instructions it reads, by name, in order
 
 
 @dataclasses.dataclass
@@ -68,9 +87,24 @@ class Hlo:
     computations: dict[str, list[Instruction]]
 
 
+def _array_bytes(element: str, dims: str) -> int:
+    """The bytes of one array of an HLO type, from its element type and its dimensions
+    ("64,1001,64,64"; "" for a scalar; "<=128" for a bounded dynamic one, at its bound)."""
+    n = 1
+    for d in dims.split(","):
+        if d.strip():
+            n *= int(d.strip().lstrip("<="))
+    return (n * _ELEMENT_BITS[element] + 7) // 8
+
+
 def parse_hlo(text: str) -> Hlo:
     """Instructions of an HLO module's text (`compiled.as_text()`), by name, and the
-    instructions of each computation (to look inside fusions)."""
+    instructions of each computation (to look inside fusions).
+
+    Each instruction keeps its result's type and size and the names of its operands: the
+    `%name` references of the parenthesised list after the opcode (HLO names are unique in
+    a module, so a fusion's operands are found among the instructions of the computation
+    that runs it, never among its fused body's parameters)."""
     instructions: dict[str, Instruction] = {}
     computations: dict[str, list[Instruction]] = collections.defaultdict(list)
     current = ""
@@ -81,7 +115,20 @@ def parse_hlo(text: str) -> Hlo:
             if c is not None and "=" not in line.split("{")[0]:
                 current = c.group("name")
             continue
-        inst = Instruction(m.group("name"), m.group("opcode"))
+        result = m.group("type")
+        # The operand list ends at the parenthesis that closes the opcode's; an operand
+        # printed with its (tuple) type may nest parentheses.
+        depth, end = 1, len(line)
+        for p in _PAREN.finditer(line, m.end()):
+            depth += 1 if p.group() == "(" else -1
+            if depth == 0:
+                end = p.start()
+                break
+        inst = Instruction(
+            m.group("name"), m.group("opcode"),
+            shape=re.sub(r"\{[^{}]*\}|/\*.*?\*/", "", result),
+            result_bytes=sum(_array_bytes(e, d) for e, d in _ARRAY.findall(result)),
+            operands=tuple(re.findall(r"%([^\s,()]+)", line[m.end():end])))
         if (op := re.search(r'op_name="([^"]*)"', line)) is not None:
             inst.op_name = op.group(1)
         if (t := re.search(r'custom_call_target="([^"]*)"', line)) is not None:
@@ -91,6 +138,32 @@ def parse_hlo(text: str) -> Hlo:
         instructions[inst.name] = inst
         computations[current].append(inst)
     return Hlo(instructions, dict(computations))
+
+
+def _data_bytes(inst: Instruction) -> int:
+    """An instruction's result bytes less the scratch workspace that a library call
+    returns as the last element of its tuple (cuDNN's `u8[...]`, cuBLAS's `s8[...]`): it
+    is sized for the fastest algorithm, not read or written in full, and would dwarf the
+    data of a small convolution."""
+    if inst.opcode == "custom-call" and inst.shape.startswith("("):
+        arrays = _ARRAY.findall(inst.shape)
+        if len(arrays) > 1 and arrays[-1][0] in ("u8", "s8"):
+            return inst.result_bytes - _array_bytes(*arrays[-1])
+    return inst.result_bytes
+
+
+def bytes_accessed(hlo: Hlo, inst: Instruction) -> int:
+    """The memory traffic an op implies: its operands' bytes (each distinct operand once;
+    one whose type is unknown counts 0) plus its result's, library workspaces left out.
+
+    It is what the kernel would move reading each input and writing each output once: a
+    lower bound for most kernels, as a fusion that reads an operand twice or a matmul or
+    convolution that re-reads tiles moves more. It overstates the traffic of ops that touch
+    only part of a buffer: a slice or gather reading part of an operand, a
+    dynamic-update-slice writing a few rows of a buffer updated in place.
+    """
+    operands = (hlo.instructions.get(name) for name in dict.fromkeys(inst.operands))
+    return sum(_data_bytes(o) for o in operands if o is not None) + _data_bytes(inst)
 
 
 def _body(hlo: Hlo, inst: Instruction, depth: int = 0) -> list[Instruction]:
@@ -176,7 +249,11 @@ def scope_of(op_name: str) -> tuple[str, str]:
 class OpTime:
     name: str
     ns: float = 0.0
-    calls: int = 0
+    calls: int = 0  # kernels (thunks on a CPU) timed
+    # Executions of the op, where the trace tells them apart from its kernels (a cuDNN
+    # convolution launches memsets, layout transforms and the convolution in one run);
+    # 0: one per call.
+    runs: int = 0
 
 
 def _stat(event, key):
@@ -229,7 +306,9 @@ def device_op_times(xplane: str | pathlib.Path, module_hint: str = "train_step"
     launches runs of thunks as CUDA graphs ("command buffers"): their kernels carry the
     command buffer's name instead of an HLO op, and are keyed by kernel name, which for
     XLA's fusions is the fusion's name. CPU thunks nest inside control flow and count
-    their exclusive time.
+    their exclusive time. The kernels that one run of a library call (cuDNN, cuBLAS)
+    launches share the annotation range of its thunk (`scope_range_id`): they count as
+    one run of the op.
     """
     import jax
 
@@ -254,6 +333,7 @@ def device_op_times(xplane: str | pathlib.Path, module_hint: str = "train_step"
         source = "CPU thunks"
     result = DeviceTimes({}, source)
     intervals = []
+    runs_seen: set[tuple[str, object]] = set()  # (op, range) of its thunk's runs
     for line in lines:
         events = list(line.events)
         if source == "CPU thunks":
@@ -273,6 +353,14 @@ def device_op_times(xplane: str | pathlib.Path, module_hint: str = "train_step"
             t = result.ops.setdefault(key, OpTime(key))
             t.ns += max(ns, 0.0)
             t.calls += 1
+            # A kernel keyed by name runs in a command buffer, whose one range covers all
+            # its kernels (a loop's repeats too): each such kernel is a run.
+            scope = _stat(event, "scope_range_id")
+            if scope is None or key.startswith("kernel:"):
+                t.runs += 1
+            elif (key, scope) not in runs_seen:
+                t.runs += 1
+                runs_seen.add((key, scope))
             intervals.append((float(event.start_ns), float(event.start_ns + event.duration_ns)))
     if intervals:
         result.busy_ns = _union_ns(intervals)
@@ -284,6 +372,10 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
               top: int = 25, *, busy_ns: float | None = None,
               span_ns: float | None = None) -> dict:
     """Per-step milliseconds by category, by model part and direction, and the top ops.
+
+    Each op whose HLO instruction is known also gets its result shape, the bytes one run
+    of it moves (`bytes_accessed`) and the rate its runs give over its device time (GB/s,
+    mostly a lower bound of the kernels' bandwidth); for an unknown op, "" and None.
 
     `busy_ns` (the union of the ops' intervals, `DeviceTimes.busy_ns`) is the device's busy
     time; without it, the sum of the op times. Idle is the host-timed step minus busy.
@@ -312,9 +404,15 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
             cat, scope, direction = "other", "unattributed", "forward"
         by_category[cat] += ms
         by_scope[scope][direction] += ms
+        moved = bytes_accessed(hlo, inst) if inst is not None else None
         rows.append({"op": t.name, "category": cat, "scope": scope, "direction": direction,
                      "ms_per_step": ms, "calls_per_step": t.calls / steps,
-                     "op_name": op_name if inst is not None else ""})
+                     "op_name": op_name if inst is not None else "",
+                     "shape": inst.shape[:60] if inst is not None else "",
+                     "bytes_per_call": moved,
+                     # bytes per nanosecond are GB/s
+                     "gb_per_s": (round(moved * (t.runs or t.calls) / t.ns, 1)
+                                  if moved is not None and t.ns > 0 else None)})
     op_ms = sum(by_category.values())
     busy = busy_ns / 1e6 / steps if busy_ns is not None else op_ms
     step_ms = wall_s * 1e3 / steps
@@ -352,10 +450,12 @@ def format_tables(summary: dict) -> str:
     for k, v in summary["by_scope"].items():
         out.append(f"  {k:<22} {v['forward']:9.3f} {v['backward']:9.3f} "
                    f"{v['forward'] + v['backward']:9.3f}")
-    out.append("\nheaviest ops                                   ms/step  calls  category      part")
+    out.append("\nheaviest ops                                   ms/step  calls    GB/s  "
+               "category      part")
     for r in summary["top_ops"]:
-        out.append(f"  {r['op'][:44]:<44} {r['ms_per_step']:8.3f} {r['calls_per_step']:6.1f}  "
-                   f"{r['category']:<13} {r['scope']} ({r['direction']})")
+        rate = f"{r['gb_per_s']:7.0f}" if r.get("gb_per_s") is not None else " " * 7
+        out.append(f"  {r['op'][:44]:<44} {r['ms_per_step']:8.3f} {r['calls_per_step']:6.1f} "
+                   f"{rate}  {r['category']:<13} {r['scope']} ({r['direction']})")
     return "\n".join(out)
 
 

@@ -64,11 +64,13 @@ from flax import nnx
 
 from atjax import dropout as dropout_lib
 from atjax import frontend as frontend_lib
+from atjax import tap_conv as tap_conv_lib
 
 logger = logging.getLogger(__name__)
 
 _BLOCK_TYPES = ("basic", "bottleneck")
 _EXPANSION = {"basic": 1, "bottleneck": 4}
+_STEM_CONVS = ("conv", "taps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,9 @@ class ResNetConfig:
     # BatchNorm statistics in one read of the activations (True) or two (False); None:
     # one for bfloat16 compute, two for float32 (see BatchNorm). bn0 always takes two.
     batchnorm_one_pass: bool | None = None
+    # How the first convolution (one channel in, stem_width out, at full resolution) runs:
+    # "conv" as a convolution (cuDNN on GPUs), "taps" as atjax.tap_conv. Same function.
+    stem_conv: str = "conv"
 
     def __post_init__(self):
         # Lists from JSON or ml_collections become tuples so that configs stay hashable.
@@ -113,6 +118,9 @@ class ResNetConfig:
         if self.batchnorm_one_pass not in (None, True, False):
             raise ValueError("ResNetConfig.batchnorm_one_pass must be None (automatic), True "
                              f"or False, got {self.batchnorm_one_pass!r}")
+        if self.stem_conv not in _STEM_CONVS:
+            raise ValueError(f"ResNetConfig.stem_conv must be one of {_STEM_CONVS}, got "
+                             f"{self.stem_conv!r}")
         if self.block not in _BLOCK_TYPES:
             raise ValueError(
                 f"ResNetConfig.block must be one of {_BLOCK_TYPES}, got {self.block!r}")
@@ -248,16 +256,25 @@ def _avg_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 class ConvBlock(nnx.Module):
-    """Two 3x3 conv -> BatchNorm -> ReLU layers, optionally followed by a 2x2 avg-pool."""
+    """Two 3x3 conv -> BatchNorm -> ReLU layers, optionally followed by a 2x2 avg-pool.
+    `taps`: the first convolution (one input channel) by atjax.tap_conv, same parameters."""
 
-    def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs,
+                 taps: bool = False):
+        if taps and in_features != 1:
+            raise ValueError(f"a tap convolution needs one input channel, not {in_features}")
         self.conv1 = _conv(in_features, out_features, 3, dtype, rngs)
         self.bn1 = BatchNorm(out_features, dtype=dtype)
         self.conv2 = _conv(out_features, out_features, 3, dtype, rngs)
         self.bn2 = BatchNorm(out_features, dtype=dtype)
+        self.taps = taps
 
     def __call__(self, x: jax.Array, *, pool: bool) -> jax.Array:
-        x = nnx.relu(self.bn1(self.conv1(x)))
+        if self.taps:
+            x = tap_conv_lib.tap_conv(x, self.conv1.kernel.get_value(), self.conv1.dtype)
+        else:
+            x = self.conv1(x)
+        x = nnx.relu(self.bn1(x))
         x = nnx.relu(self.bn2(self.conv2(x)))
         return _avg_pool_2x2(x) if pool else x
 
@@ -344,7 +361,8 @@ class ResNet(nnx.Module):
         # PANNs normalises each mel bin (it transposes mels onto the channel axis).
         self.bn0 = BatchNorm(config.frontend.n_mels, dtype=jnp.float32)
         self.spec_augment = frontend_lib.SpecAugment(rngs=rngs) if config.spec_augment else None
-        self.conv_block1 = ConvBlock(1, config.stem_width, dtype=dtype, rngs=rngs)
+        self.conv_block1 = ConvBlock(1, config.stem_width, dtype=dtype, rngs=rngs,
+                                     taps=config.stem_conv == "taps")
         self.feature_dropout = dropout_lib.Dropout(config.feature_dropout, rngs=rngs)
         block_class = _BLOCK_CLASSES[config.block]
         stages = []

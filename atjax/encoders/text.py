@@ -25,6 +25,7 @@ from flax import nnx
 
 from atjax import dropout as dropout_lib
 from atjax import layer_norm as layer_norm_lib
+from atjax.column_sum import column_sums
 
 _ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF's "gelu" is the erf form
@@ -131,6 +132,38 @@ def _layer_norm(norm: nnx.LayerNorm, x, dtype):
                                      norm.epsilon, dtype)
 
 
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """y + bias over the last axis, the bias cast to y's dtype (as `nnx.Linear` adds it).
+
+    Written out for the backward pass: the bias gradient, a sum of the output gradient over
+    every token, is taken in float32 by `atjax.column_sum` (two stages on GPUs, where
+    autodiff's single bfloat16 column reduction over 2048 tokens ran at 0.6 TB/s)."""
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_forward(y, bias):
+    return add_bias(y, bias), bias  # kept for its dtype: the bias gradient matches it
+
+
+def _add_bias_backward(bias, g):
+    (dbias,) = column_sums(g)
+    return g, dbias.astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_forward, _add_bias_backward)
+
+
+def _dense(layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    """`layer(x)` with the bias added by `add_bias`: the same values (inputs, kernel and bias
+    in the layer's dtype, one dot_general), a faster bias gradient on GPUs."""
+    kernel, bias = layer.kernel.get_value(), layer.bias.get_value()
+    dtype = layer.dtype if layer.dtype is not None else jnp.result_type(x, kernel, bias)
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())), precision=layer.precision)
+    return add_bias(y, bias)
+
+
 class Embeddings(nnx.Module):
     def __init__(self, c: TextEncoderConfig, *, dtype, rngs: nnx.Rngs):
         init = nnx.initializers.normal(0.02)
@@ -175,7 +208,7 @@ class Layer(nnx.Module):
 
     def __call__(self, x, mask_bias):
         b, n, d = x.shape
-        q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3 * self.num_heads, -1), 3, axis=2)
+        q, k, v = jnp.split(_dense(self.qkv, x).reshape(b, n, 3 * self.num_heads, -1), 3, axis=2)
         # Written out rather than jax.nn.dot_product_attention, which has no dropout on the
         # attention probabilities that BERT/RoBERTa fine-tuning uses. Captions are ~32 tokens,
         # so a fused flash kernel would gain nothing here.
@@ -183,9 +216,9 @@ class Layer(nnx.Module):
         logits = logits / np.sqrt(d // self.num_heads) + mask_bias
         probs = self.attention_dropout(jax.nn.softmax(logits, axis=-1))
         context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(b, n, d)
-        x = x + self.dropout(self.attention_out(context))
+        x = x + self.dropout(_dense(self.attention_out, context))
         x = _layer_norm(self.attention_norm, x, self.dtype)
-        h = self.mlp_out(_ACTIVATIONS[self.hidden_act](self.mlp_in(x)))
+        h = _dense(self.mlp_out, _ACTIVATIONS[self.hidden_act](_dense(self.mlp_in, x)))
         return _layer_norm(self.mlp_norm, x + self.dropout(h), self.dtype)
 
 
