@@ -280,9 +280,11 @@ def test_summary_reports_the_bandwidth_of_each_op():
     lines = profile_lib.format_tables(summary).splitlines()
     at = lines.index(next(x for x in lines if x.startswith("heaviest ops")))
     assert "GB/s" in lines[at]
-    assert f"{fusion * 4 / 9e3:7.0f}  elementwise" in lines[at + 1]
-    assert f"{conv * 2 / 6e3:7.0f}  convolution" in lines[at + 2]
-    assert f"{1.0:6.1f} {'':7}  matmul" in lines[at + 3]  # no rate
+    assert f"{fusion * 4 / 9e3:7.0f} {'':7}  elementwise" in lines[at + 1]
+    conv_flops = 2 * 2 * 16 * 8 * 28 * 28  # 3x3, padding 1, 10 x 10 image, 8 -> 16 channels
+    assert rows["cudnn-conv.1"]["flop_per_call"] == conv_flops
+    assert f"{conv * 2 / 6e3:7.0f} {conv_flops * 2 / 6e3 / 1e3:7.0f}  convolution" in lines[at + 2]
+    assert f"{1.0:6.1f} {'':7} {'':7}  matmul" in lines[at + 3]  # no rates
 
 
 def test_kernels_of_one_library_call_are_one_run(monkeypatch):
@@ -319,3 +321,99 @@ def test_a_failing_profile_keeps_the_timings(monkeypatch, capsys):
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["step_ms"] > 0 and "error" not in line
     assert line["profile_error"] == "RuntimeError: no device plane"
+
+
+FLOPS_HLO = """HloModule jit_g
+
+%gemm_computation (p0: bf16[8,64], p1: bf16[64,32], p2: f32[32], p3: f32[32], p4: f32[32], /*index=5*/p5: f32[32]) -> bf16[8,32] {
+  %p0 = bf16[8,64]{1,0} parameter(0)
+  %p1 = bf16[64,32]{1,0} parameter(1)
+  ROOT %dot.7 = bf16[8,32]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%after (q0: f32[4]) -> f32[4] {
+  ROOT %q0 = f32[4]{0} parameter(0)
+}
+
+ENTRY %main.3 (a: bf16[8,64], b: bf16[64,32]) -> bf16[8,32] {
+  %a = bf16[8,64]{1,0} parameter(0)
+  %b = bf16[64,32]{1,0} parameter(1)
+  %dy = bf16[2,10,7,5]{3,2,1,0} parameter(2)
+  %w = bf16[5,3,3,3]{3,2,1,0} parameter(3)
+  %x = bf16[2,10,7,3]{3,2,1,0} parameter(4)
+  %gemm_fusion_dot.1 = bf16[8,32]{1,0} fusion(%a, %b), kind=kCustom, calls=%gemm_computation
+  %custom-call.2 = (bf16[8,32]{1,0}, s8[1024]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_batch_dimensions":[],"lhs_contracting_dimensions":["1"],"rhs_batch_dimensions":[],"rhs_contracting_dimensions":["0"]}}}
+  %cudnn-conv-bw-input.1 = (bf16[2,10,7,3]{3,2,1,0}, u8[64]{0}) custom-call(%dy, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %cudnn-conv-bw-filter.1 = (bf16[5,3,3,3]{3,2,1,0}, u8[64]{0}) custom-call(%x, %dy), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  ROOT %cudnn-conv.1 = (bf16[2,10,7,5]{3,2,1,0}, u8[64]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+}
+"""
+
+
+def test_flops_of_library_calls_and_fusions():
+    hlo = profile_lib.parse_hlo(FLOPS_HLO)
+    # A header with six parameters numbers them in /*index=5*/: still a new computation.
+    assert [i.name for i in hlo.computations["gemm_computation"]] == ["p0", "p1", "dot.7"]
+    assert [i.name for i in hlo.computations["after"]] == ["q0"]
+    flops = {name: profile_lib.flops(hlo, hlo.instructions[name]) for name in (
+        "gemm_fusion_dot.1", "custom-call.2", "cudnn-conv.1", "cudnn-conv-bw-input.1",
+        "cudnn-conv-bw-filter.1", "a")}
+    assert flops["gemm_fusion_dot.1"] == flops["custom-call.2"] == 2 * 8 * 32 * 64
+    # The forward convolution, 3x3 with padding 1 on a 10 x 7 image: 3 * 10 - 2 taps of
+    # rows and 3 * 7 - 2 of columns reach the image. All three passes count its work.
+    forward = 2 * 2 * 5 * 3 * (3 * 10 - 2) * (3 * 7 - 2)
+    assert flops["cudnn-conv.1"] == flops["cudnn-conv-bw-input.1"] == forward
+    assert flops["cudnn-conv-bw-filter.1"] == forward
+    assert flops["a"] is None
+
+
+@pytest.mark.parametrize("stride,dilation,padding", [(1, 1, "SAME"), (2, 1, ((1, 0), (2, 2))),
+                                                     (1, 2, "SAME"), (1, 1, "VALID")])
+def test_flops_of_compiled_convolutions_and_dots_match_a_direct_count(stride, dilation, padding):
+    # XLA:CPU's own HLO. The convolution's multiply-adds that read the image (not padding)
+    # are counted independently: convolving an image of ones with a kernel of ones gives,
+    # at each output, the taps that land on the image, times the input channels.
+    x = jnp.ones((2, 13, 9, 3), jnp.float32)
+    w = jnp.ones((3, 5, 3, 4), jnp.float32)
+
+    def conv(a, k):
+        return jax.lax.conv_general_dilated(a, k, (stride, stride), padding,
+                                            rhs_dilation=(dilation, dilation),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def dot(a, b):
+        return jnp.einsum("bmk,bkn->bmn", a, b)
+
+    out = conv(x, w)
+    macs = float(out.sum())  # sum over outputs and output channels of (taps x channels)
+    hlo = profile_lib.parse_hlo(jax.jit(conv).lower(x, w).compile().as_text())
+    convs = [i for i in hlo.instructions.values() if i.opcode == "convolution"]
+    assert len(convs) == 1
+    assert profile_lib.flops(hlo, convs[0]) == 2 * macs
+    a, b = jnp.ones((3, 7, 11)), jnp.ones((3, 11, 5))
+    hlo = profile_lib.parse_hlo(jax.jit(dot).lower(a, b).compile().as_text())
+    dots = [i for i in hlo.instructions.values() if i.opcode == "dot"]
+    work = [profile_lib.flops(hlo, i) for i in hlo.instructions.values()
+            if i.opcode == "dot" or (i.calls and profile_lib.flops(hlo, i))]
+    assert dots and max(work) == 2 * 3 * 7 * 5 * 11
+
+
+def test_summary_reports_tflops_and_rates_by_part():
+    hlo = profile_lib.parse_hlo(FLOPS_HLO)
+    forward = 2 * 2 * 5 * 3 * 28 * 19
+    # Nanosecond kernels, so that this small convolution shows tens of TFLOP/s.
+    times = {t.name: t for t in (profile_lib.OpTime("cudnn-conv.1", ns=2.0, calls=3, runs=1),
+                                 profile_lib.OpTime("cudnn-conv-bw-input.1", ns=1.0, calls=1),
+                                 profile_lib.OpTime("x", ns=4.0, calls=1))}
+    summary = profile_lib.summarize(times, hlo, steps=1, wall_s=1e-5)
+    rows = {r["op"]: r for r in summary["top_ops"]}
+    assert rows["cudnn-conv.1"]["flop_per_call"] == forward
+    assert rows["cudnn-conv.1"]["tflop_per_s"] == pytest.approx(forward / 2.0 / 1e3, abs=0.05)
+    assert rows["x"]["tflop_per_s"] is None and rows["x"]["gb_per_s"] == pytest.approx(
+        2 * 10 * 7 * 3 * 2 / 4.0, abs=0.05)  # a parameter: its own bytes, read once
+    part = summary["rates_by_part"]["other"]  # no scope in this module's op names
+    assert part["tflop"] == pytest.approx(2 * forward / 1e12, rel=1e-5)
+    assert part["tflop_per_s"] == pytest.approx(2 * forward / 3.0 / 1e3, abs=0.05)
+    assert part["gb"] == pytest.approx(2 * 10 * 7 * 3 * 2 / 1e9, rel=1e-5)
+    assert part["gb_per_s"] == pytest.approx(2 * 10 * 7 * 3 * 2 / 4.0, abs=0.05)
+    assert "rates by part" in profile_lib.format_tables(summary)

@@ -14,7 +14,10 @@ every device op (every kernel on a GPU, every XLA op on a TPU, every thunk on a 
 Each of the heaviest ops also shows its result shape and the memory traffic its inputs and
 outputs imply, in GB/s of its device time: a kernel far below the card's bandwidth (an
 H200 moves 3-4 TB/s in plain elementwise kernels) is a candidate for another layout,
-fusion or algorithm.
+fusion or algorithm. Matmuls and convolutions also show TFLOP/s, their arithmetic read
+from the HLO shapes (cuDNN's forward and backward calls all count the forward
+convolution's multiply-adds, without those on padding). The same two rates are summed by
+model part.
 
 It prints one JSON line (per-step milliseconds by category and by part, the heaviest ops,
 and the time the device sat idle within a step) followed by readable tables, and writes
@@ -29,6 +32,7 @@ import collections
 import dataclasses
 import gzip
 import json
+import math
 import pathlib
 import re
 import shutil
@@ -61,6 +65,9 @@ _ELEMENT_BITS = {
 _ARRAY = re.compile(r"\b(" + "|".join(sorted(_ELEMENT_BITS, key=len, reverse=True))
                     + r")\[([^\]]*)\]")
 _PAREN = re.compile(r"[()]")
+_FLOP_OPCODES = ("convolution", "dot", "custom-call")
+_WINDOW = re.compile(r"window=\{([^}]*)\}")
+_DIM_LABELS = re.compile(r"dim_labels=(\w+)_(\w+)->(\w+)")
 _LAYOUT = {"copy", "transpose", "bitcast", "reshape", "copy-start", "copy-done"}
 _CONTROL_FLOW = {"while", "conditional", "call", "async-start", "async-done"}
 # Lines of a device plane that repeat, grouped, what its stream lines already hold.
@@ -79,6 +86,9 @@ class Instruction:
     shape: str = ""  # the result type without layouts: "(f32[64,1024], u8[4096])"
     result_bytes: int = 0  # the bytes of every array of the result, tuples summed
     operands: tuple[str, ...] = ()  # the instructions it reads, by name, in order
+    # The text after the operand list, kept for convolutions, dots and library calls only:
+    # their window, dimension labels and contracting dimensions give their FLOPs.
+    attributes: str = ""
 
 
 @dataclasses.dataclass
@@ -112,7 +122,9 @@ def parse_hlo(text: str) -> Hlo:
         m = _INSTRUCTION.match(line)
         if m is None:
             c = _COMPUTATION.match(line)
-            if c is not None and "=" not in line.split("{")[0]:
+            # A header with six or more parameters numbers them in comments (/*index=5*/),
+            # which must not read as an instruction's "=".
+            if c is not None and "=" not in re.sub(r"/\*.*?\*/", "", line).split("{")[0]:
                 current = c.group("name")
             continue
         result = m.group("type")
@@ -128,7 +140,8 @@ def parse_hlo(text: str) -> Hlo:
             m.group("name"), m.group("opcode"),
             shape=re.sub(r"\{[^{}]*\}|/\*.*?\*/", "", result),
             result_bytes=sum(_array_bytes(e, d) for e, d in _ARRAY.findall(result)),
-            operands=tuple(re.findall(r"%([^\s,()]+)", line[m.end():end])))
+            operands=tuple(re.findall(r"%([^\s,()]+)", line[m.end():end])),
+            attributes=line[end:] if m.group("opcode") in _FLOP_OPCODES else "")
         if (op := re.search(r'op_name="([^"]*)"', line)) is not None:
             inst.op_name = op.group(1)
         if (t := re.search(r'custom_call_target="([^"]*)"', line)) is not None:
@@ -164,6 +177,104 @@ def bytes_accessed(hlo: Hlo, inst: Instruction) -> int:
     """
     operands = (hlo.instructions.get(name) for name in dict.fromkeys(inst.operands))
     return sum(_data_bytes(o) for o in operands if o is not None) + _data_bytes(inst)
+
+
+def _dims(hlo: Hlo, name: str, array: int = 0) -> list[int] | None:
+    """The dimensions of one array (the first of a tuple) of an instruction's result."""
+    inst = hlo.instructions.get(name)
+    arrays = _ARRAY.findall(inst.shape) if inst is not None else []
+    if len(arrays) <= array:
+        return None
+    return [int(d.strip().lstrip("<=")) for d in arrays[array][1].split(",") if d.strip()]
+
+
+def _window_pairs(size: int, out: int, window: int, pad_low: int, stride: int,
+                  lhs_dilation: int, rhs_dilation: int) -> int:
+    """How many (output position, window tap) pairs of one spatial dimension read a real
+    input element, not padding or a dilation hole."""
+    pairs = 0
+    for o in range(out):
+        for w in range(window):
+            p = o * stride + w * rhs_dilation - pad_low
+            if p >= 0 and p % lhs_dilation == 0 and p // lhs_dilation < size:
+                pairs += 1
+    return pairs
+
+
+def _convolution_flops(hlo: Hlo, inst: Instruction, kind: str) -> float | None:
+    """2 x the multiply-adds of the forward convolution that a convolution op, or a cuDNN
+    forward / backward-input / backward-filter call, computes (XLA writes all three with
+    the forward convolution's window and dimension labels). Taps that fall on padding are
+    not counted: on small images (ResNet38's last stages are 31 x 2) they are many."""
+    labels = _DIM_LABELS.search(inst.attributes)
+    window = _WINDOW.search(inst.attributes)
+    if labels is None or window is None or len(inst.operands) < 2:
+        return None
+    lhs_labels, _, out_labels = labels.groups()
+    # The forward convolution's input x and output y, whichever the op computes.
+    x, y = {"forward": (_dims(hlo, inst.operands[0]), _dims(hlo, inst.name)),
+            "input": (_dims(hlo, inst.name), _dims(hlo, inst.operands[0])),
+            "filter": (_dims(hlo, inst.operands[0]), _dims(hlo, inst.operands[1]))}[kind]
+    if x is None or y is None or len(x) != len(lhs_labels) or len(y) != len(out_labels):
+        return None
+    fields = dict(re.findall(r"(\w+)=(\S+)", window.group(1)))
+    spatial = len(lhs_labels) - 2
+
+    def per_dim(key, default):
+        values = fields.get(key)
+        return [default] * spatial if values is None else values.split("x")
+
+    sizes = [int(v) for v in per_dim("size", "1")]
+    pads = [int(v.split("_")[0]) for v in per_dim("pad", "0_0")]
+    strides = [int(v) for v in per_dim("stride", "1")]
+    lhs_dil = [int(v) for v in per_dim("lhs_dilate", "1")]
+    rhs_dil = [int(v) for v in per_dim("rhs_dilate", "1")]
+    groups = int(m.group(1)) if (m := re.search(r"feature_group_count=(\d+)",
+                                                  inst.attributes)) else 1
+    macs = x[lhs_labels.index("f")] // groups * y[out_labels.index("f")] \
+        * y[out_labels.index("b")]
+    for d in range(spatial):
+        macs *= _window_pairs(x[lhs_labels.index(str(d))], y[out_labels.index(str(d))],
+                              sizes[d], pads[d], strides[d], lhs_dil[d], rhs_dil[d])
+    return 2.0 * macs
+
+
+def _dot_flops(hlo: Hlo, inst: Instruction) -> float | None:
+    """2 x the multiply-adds of a dot or a cuBLAS matmul call: result elements times the
+    product of the left operand's contracting dimensions."""
+    out, lhs = _dims(hlo, inst.name), _dims(hlo, inst.operands[0]) if inst.operands else None
+    m = (re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inst.attributes)
+         or re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', inst.attributes))
+    if out is None or lhs is None or m is None:
+        return None
+    contracted = 1
+    for d in re.findall(r"\d+", m.group(1)):
+        contracted *= lhs[int(d)]
+    return 2.0 * math.prod(out) * contracted
+
+
+def flops(hlo: Hlo, inst: Instruction) -> float | None:
+    """The arithmetic of a convolution or matmul op, 2 per multiply-add: the op itself (an
+    HLO convolution or dot, a cuDNN convolution or cuBLAS matmul call) or the dots and
+    convolutions inside a fusion (XLA's Triton GEMMs). None for other ops."""
+    if inst.opcode == "convolution":
+        return _convolution_flops(hlo, inst, "forward")
+    if inst.opcode == "dot":
+        return _dot_flops(hlo, inst)
+    if inst.opcode == "custom-call":
+        kind = {"__cudnn$convForward": "forward", "__cudnn$convBiasActivationForward":
+                "forward", "__cudnn$convBackwardInput": "input",
+                "__cudnn$convBackwardFilter": "filter"}.get(inst.target)
+        if kind is not None:
+            return _convolution_flops(hlo, inst, kind)
+        if "cublas" in inst.target or "matmul" in inst.target or "gemm" in inst.target:
+            return _dot_flops(hlo, inst)
+        return None
+    if inst.calls:
+        parts = [flops(hlo, i) for i in _body(hlo, inst) if i.opcode in _FLOP_OPCODES]
+        parts = [f for f in parts if f is not None]
+        return sum(parts) if parts else None
+    return None
 
 
 def _body(hlo: Hlo, inst: Instruction, depth: int = 0) -> list[Instruction]:
@@ -384,6 +495,8 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
     by_scope: dict[str, dict[str, float]] = collections.defaultdict(
         lambda: {"forward": 0.0, "backward": 0.0})
     rows = []
+    rates: dict[str, dict[str, float]] = collections.defaultdict(
+        lambda: {"flop_ms": 0.0, "tflop": 0.0, "memory_ms": 0.0, "gb": 0.0})
     for t in times.values():
         ms = t.ns / 1e6 / steps
         inst = hlo.instructions.get(t.name)
@@ -405,14 +518,27 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
         by_category[cat] += ms
         by_scope[scope][direction] += ms
         moved = bytes_accessed(hlo, inst) if inst is not None else None
+        work = flops(hlo, inst) if inst is not None else None
+        runs = t.runs or t.calls
+        rate = rates[scope]
+        if work is not None:
+            rate["flop_ms"] += ms
+            rate["tflop"] += work * runs / steps / 1e12
+        elif moved is not None:
+            rate["memory_ms"] += ms
+            rate["gb"] += moved * runs / steps / 1e9
         rows.append({"op": t.name, "category": cat, "scope": scope, "direction": direction,
                      "ms_per_step": ms, "calls_per_step": t.calls / steps,
                      "op_name": op_name if inst is not None else "",
                      "shape": inst.shape[:60] if inst is not None else "",
                      "bytes_per_call": moved,
                      # bytes per nanosecond are GB/s
-                     "gb_per_s": (round(moved * (t.runs or t.calls) / t.ns, 1)
-                                  if moved is not None and t.ns > 0 else None)})
+                     "gb_per_s": (round(moved * runs / t.ns, 1)
+                                  if moved is not None and t.ns > 0 else None),
+                     "flop_per_call": work,
+                     # flop per nanosecond are GFLOP/s
+                     "tflop_per_s": (round(work * runs / t.ns / 1e3, 1)
+                                     if work is not None and t.ns > 0 else None)})
     op_ms = sum(by_category.values())
     busy = busy_ns / 1e6 / steps if busy_ns is not None else op_ms
     step_ms = wall_s * 1e3 / steps
@@ -431,6 +557,14 @@ def summarize(times: dict[str, OpTime], hlo: Hlo, steps: int, wall_s: float,
         "by_scope": {k: {d: round(v, 3) for d, v in sorted(by.items())}
                      for k, by in sorted(by_scope.items(),
                                          key=lambda kv: -sum(kv[1].values()))},
+        "rates_by_part": {k: {"flop_ms": round(r["flop_ms"], 3), "tflop": float(f"{r['tflop']:.6g}"),
+                              "tflop_per_s": (round(r["tflop"] / r["flop_ms"] * 1e3, 1)
+                                              if r["flop_ms"] > 0 else None),
+                              "memory_ms": round(r["memory_ms"], 3), "gb": float(f"{r['gb']:.6g}"),
+                              "gb_per_s": (round(r["gb"] / r["memory_ms"] * 1e3, 1)
+                                           if r["memory_ms"] > 0 else None)}
+                          for k, r in sorted(rates.items(),
+                                             key=lambda kv: -kv[1]["flop_ms"] - kv[1]["memory_ms"])},
         "top_ops": [{**r, "ms_per_step": round(r["ms_per_step"], 3),
                      "calls_per_step": round(r["calls_per_step"], 2)} for r in rows[:top]],
     }
@@ -450,12 +584,23 @@ def format_tables(summary: dict) -> str:
     for k, v in summary["by_scope"].items():
         out.append(f"  {k:<22} {v['forward']:9.3f} {v['backward']:9.3f} "
                    f"{v['forward'] + v['backward']:9.3f}")
-    out.append("\nheaviest ops                                   ms/step  calls    GB/s  "
+    if summary.get("rates_by_part"):
+        out.append("\nrates by part: matmul and convolution ops (TFLOP/s), the other ops with a "
+                   "known HLO op (GB/s)")
+        out.append("  part                             flop ms    TFLOP TFLOP/s   other ms       GB"
+                   "    GB/s")
+        for k, r in summary["rates_by_part"].items():
+            tf = f"{r['tflop_per_s']:7.0f}" if r.get("tflop_per_s") is not None else " " * 7
+            gb = f"{r['gb_per_s']:7.0f}" if r.get("gb_per_s") is not None else " " * 7
+            out.append(f"  {k[:32]:<32} {r['flop_ms']:8.3f} {r['tflop']:8.3f} {tf} "
+                       f"{r['memory_ms']:10.3f} {r['gb']:8.3f} {gb}")
+    out.append("\nheaviest ops                                   ms/step  calls    GB/s TFLOP/s  "
                "category      part")
     for r in summary["top_ops"]:
         rate = f"{r['gb_per_s']:7.0f}" if r.get("gb_per_s") is not None else " " * 7
+        tf = f"{r['tflop_per_s']:7.0f}" if r.get("tflop_per_s") is not None else " " * 7
         out.append(f"  {r['op'][:44]:<44} {r['ms_per_step']:8.3f} {r['calls_per_step']:6.1f} "
-                   f"{rate}  {r['category']:<13} {r['scope']} ({r['direction']})")
+                   f"{rate} {tf}  {r['category']:<13} {r['scope']} ({r['direction']})")
     return "\n".join(out)
 
 
