@@ -114,6 +114,24 @@ def test_profile_attributes_the_step(tmp_path, capsys):
     assert any(r["bytes_per_call"] > 0 and r["gb_per_s"] > 0 for r in top)
     assert "GB/s" in printed
 
+    # Read again from the saved files, the trace and HLO packed as a GPU session returns
+    # them: the same attribution, the setting kept, more ops listed on request.
+    import gzip
+    import shutil
+
+    for name in ("trace.xplane.pb",):
+        with open(out / name, "rb") as src, gzip.open(out / f"{name}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        (out / name).unlink()
+    assert profile_lib.main(["--reread", str(out), "--top", "40"]) == 0
+    again = json.loads((out / "profile.json").read_text())
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == again
+    for key in ("head", "dtype", "batch_size", "overrides", "compile_s", "steps", "step_ms",
+                "device_busy_ms", "device_op_ms", "by_category", "by_scope"):
+        assert again[key] == summary[key], key
+    assert again["top_ops"][:len(top)] == top and len(again["top_ops"]) > len(top)
+    assert "rates by part" in (out / "profile.txt").read_text()
+
 
 def test_gpu_session_script_runs_end_to_end(tmp_path):
     # The prepared device-session script, on CPU at a tiny size: a profiled setting, a

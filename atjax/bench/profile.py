@@ -637,6 +637,38 @@ def capture(setup, steps: int, out: pathlib.Path, *, setting: dict, top: int = 2
     return summary
 
 
+def _saved(folder: pathlib.Path, name: str) -> pathlib.Path:
+    """`folder/name`, or its `.gz` (as launch/gpu_bench.sh returns it) unpacked beside it."""
+    if (folder / name).exists():
+        return folder / name
+    packed = folder / f"{name}.gz"
+    if not packed.exists():
+        raise FileNotFoundError(f"{folder} has neither {name} nor {name}.gz")
+    with gzip.open(packed, "rb") as src, open(folder / name, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return folder / name
+
+
+def reread(folder: str | pathlib.Path, top: int = 25) -> dict:
+    """Attributes a saved profile again with this reader: a folder as `capture` or
+    launch/gpu_bench.sh leave it (profile.json, step.hlo.txt[.gz], trace.xplane.pb[.gz]).
+    The setting and the host-clock step time come from its profile.json; profile.json and
+    profile.txt are rewritten. A GPU session's trace outlives its machine, and what the
+    reader learns later (rates, attributions) then applies to it."""
+    folder = pathlib.Path(folder)
+    old = json.loads((folder / "profile.json").read_text())
+    steps = old["steps"]
+    device = device_op_times(_saved(folder, "trace.xplane.pb"))
+    hlo = parse_hlo(_saved(folder, "step.hlo.txt").read_text())
+    fresh = summarize(device.ops, hlo, steps, old["step_ms"] * steps / 1e3, top,
+                      busy_ns=device.busy_ns, span_ns=device.span_ns)
+    summary = {**{k: v for k, v in old.items() if k not in fresh}, "timeline": device.source,
+               **fresh}
+    (folder / "profile.json").write_text(json.dumps(summary, indent=1))
+    (folder / "profile.txt").write_text(format_tables(summary) + "\n")
+    return summary
+
+
 def main(argv=None) -> int:
     from atjax import config as config_lib
     from atjax.bench import train_step as bench
@@ -654,7 +686,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None,
                         help="folder for profile.json, profile.txt, step.hlo.txt.gz and "
                              "the trace (default: a temporary folder)")
+    parser.add_argument("--reread", default=None, metavar="DIR",
+                        help="attribute a saved profile (a --out folder, or a GPU session's "
+                             "output of launch/gpu_bench.sh) again and rewrite its "
+                             "profile.json and profile.txt; builds and runs nothing")
     args = parser.parse_args(rest)
+    if args.reread:
+        summary = reread(args.reread, args.top)
+        print(json.dumps(summary), flush=True)
+        print(format_tables(summary), flush=True)
+        return 0
     config = config_lib.load(spec or "configs/paper.py", overrides)
     out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="atjax-profile-"))
     print(f"[profile {args.head}/{args.dtype}] building and compiling the step",
