@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from atjax.column_sum import column_sums
+from atjax.column_sum import column_sums, plain_sums
 
 
 def _statistics(x32: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
@@ -54,17 +54,17 @@ def parameter_grads_fused(g, x, mean, rstd):
     """(d scale, d bias): column sums over every token, as plain sums (for XLA:CPU, which
     fuses these well and runs variadic reductions unvectorised: the built-in task's step
     was visibly slower with the other form)."""
-    rows = tuple(range(x.ndim - 1))
     g32 = g.astype(jnp.float32)
     xhat = (x.astype(jnp.float32) - mean) * rstd
-    return jnp.sum(g32 * xhat, axis=rows), jnp.sum(g32, axis=rows)
+    return plain_sums(g32 * xhat, g32)
 
 
 def parameter_grads_separate(g, x, mean, rstd):
-    """(d scale, d bias) from inputs behind a barrier (see the module doc), as one
-    two-output reduction (`atjax.column_sum`): two separate sums let XLA:GPU fuse one of
-    them with the other's elementwise input and write that [tokens, features] float32
-    product out; and a single-stage sum over 2048 tokens keeps most of a GPU idle."""
+    """(d scale, d bias) from inputs behind a barrier (see the module doc), by
+    `atjax.column_sum`: on GPUs one two-output reduction in two stages (two separate sums
+    let XLA:GPU fuse one of them with the other's elementwise input and write that
+    [tokens, features] float32 product out, and a single-stage sum over 2048 tokens keeps
+    most of a GPU idle); elsewhere plain sums."""
     gb, xb, meanb, rstdb = jax.lax.optimization_barrier((g, x, mean, rstd))
     gb32 = gb.astype(jnp.float32)
     return column_sums(gb32 * ((xb.astype(jnp.float32) - meanb) * rstdb), gb32)
