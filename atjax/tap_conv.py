@@ -10,14 +10,24 @@ the same image, does 64 times the work in 0.59 ms).
 
 `tap_conv` computes the same function without a convolution kernel:
   - forward: each tap's shifted copy of the input times that tap's row of the kernel,
-    summed in float32: elementwise work that writes the output once;
+    summed in float32, rounded to the compute dtype and materialised there (behind an
+    optimisation barrier): one elementwise pass that writes the output once;
   - input gradient: the output gradient times the transposed kernel, a [pixels, C] x
     [C, taps] matmul that reads the output gradient once, then each tap's column shifted
     back and summed;
-  - kernel gradient: the convolution's own transpose (cuDNN's backward-filter kernel on
-    GPUs), which did its share of the work at a reasonable rate.
+  - kernel gradient: the taps' shifted copies of the input against the output gradient,
+    a [taps, pixels] x [pixels, C] matmul, batched over blocks of 4,096 pixels so that a
+    GPU spreads it over a thousand thread blocks, then the blocks summed.
 Whether this beats cuDNN on a given GPU is a measurement (`model.audio.stem_conv` picks
 either form); the values agree to float32 rounding of the sum order.
+
+Measured on an H200 (2026-11-26, `benchmarks/h200_profile_2026-11-26_b42f9cd_mlp.txt`) in
+the first form of this module: the forward pass took 0.59 ms and the input gradient
+0.23 ms, against cuDNN's 1.62 ms for both, but XLA kept the forward's float32 sum as the
+materialised value (1 GB written, then read again by BatchNorm's statistics), and the
+kernel gradient, then taken as the convolution's transpose, ran on cuDNN at 9 TFLOP/s:
+0.51 ms for a pass over the output gradient. Hence the barrier and the blocked matmul
+(not yet timed on a GPU).
 """
 
 from __future__ import annotations
@@ -64,7 +74,33 @@ def _forward(x, kernel, dtype):
     weights = kernel[:, :, 0, :].astype(dtype).astype(jnp.float32)  # [kh, kw, C]
     out = sum(padded[:, i:i + h, j:j + w, None] * weights[i, j]
               for i in range(kh) for j in range(kw))
-    return out.astype(dtype), (x, kernel)
+    # Without the barrier XLA may keep the float32 sum as the stored value and fuse the
+    # rounding into each consumer: twice the bytes written here and read by every user.
+    (out,) = jax.lax.optimization_barrier((out.astype(dtype),))
+    return out, (x, kernel)
+
+
+# Pixels per block of the kernel gradient's matmul: 4,096 rows of [taps] x [C] products per
+# block, a thousand blocks for a [64, 1001, 64] image.
+_BLOCK_PIXELS = 4096
+
+
+def _kernel_grad(x, g, kh: int, kw: int, dtype) -> jax.Array:
+    """sum over pixels of patch[pixel, tap] * g[pixel, c] -> [kh, kw, 1, C] float32."""
+    b, h, w, _ = x.shape
+    channels = g.shape[-1]
+    image = jnp.pad(x[..., 0].astype(dtype), ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
+    patches = jnp.stack([image[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
+                        axis=-1).reshape(b * h * w, kh * kw)
+    rows = g.astype(dtype).reshape(b * h * w, channels)
+    pixels = b * h * w
+    block = min(_BLOCK_PIXELS, pixels)
+    pad = -pixels % block  # zero rows add nothing to the sums
+    patches = jnp.pad(patches, ((0, pad), (0, 0))).reshape(-1, block, kh * kw)
+    rows = jnp.pad(rows, ((0, pad), (0, 0))).reshape(-1, block, channels)
+    partial = jax.lax.dot_general(patches, rows, (((1,), (1,)), ((0,), (0,))),
+                                  preferred_element_type=jnp.float32)  # [blocks, taps, C]
+    return jnp.sum(partial, axis=0).reshape(kh, kw, 1, channels)
 
 
 def _backward(dtype, residuals, g):
@@ -80,9 +116,7 @@ def _backward(dtype, residuals, g):
     padded = sum(jnp.pad(taps[..., i * kw + j], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j)))
                  for i in range(kh) for j in range(kw))
     dx = padded[:, kh // 2:kh // 2 + h, kw // 2:kw // 2 + w, None]
-    # The kernel gradient is linear in g: the convolution's transpose with respect to it.
-    (dkernel,) = jax.linear_transpose(
-        lambda k: reference_conv(x, k, dtype), kernel.astype(dtype))(g.astype(dtype))
+    dkernel = _kernel_grad(x, g, kh, kw, dtype)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 

@@ -29,13 +29,62 @@ def test_train_step_bench_reports_consistent_figures(tmp_path, capsys):
     assert "error" not in line, line
     assert line["rng_impl"] == "rbg" and line["overrides"] == ["rng_impl=rbg"]
     assert line["head"] == "mlp" and line["dtype"] == "float32" and line["batch_size"] == 8
-    assert 0 < line["step_ms_min"] <= line["step_ms"]
+    assert 0 < line["step_ms_min"] <= line["step_ms"] and line["step_ms_window"] > 0
     assert line["clips_per_s"] == pytest.approx(8e3 / line["step_ms"], rel=2e-3)
     assert 0 < line["dispatch_ms"] and line["step_ms_sync"] > 0
     counted = line["tflop_per_step"] * 1e12
     assert line["achieved_tflops"] == pytest.approx(
         counted / (line["step_ms"] / 1e3) / 1e12, abs=0.06)
     assert np.isfinite(line["loss"]) and line["loss"] > 0
+
+
+class _QueuedResult:
+    """A result that a simulated device finishes at `done` (perf_counter seconds)."""
+
+    def __init__(self, done):
+        self.done = done
+
+    def block_until_ready(self):
+        import time
+        time.sleep(max(0.0, self.done - time.perf_counter()))
+        return self
+
+
+def _simulated_setup(host_s, device_s):
+    """A bench Setup whose step takes `host_s` on the host to dispatch and `device_s` on a
+    device that runs steps in order, one at a time, as a GPU stream does."""
+    import time
+
+    device_free = [0.0]
+
+    def step_fn(state, batch, rest, key):
+        time.sleep(host_s)  # the host's work before the step's first kernel is queued
+        start = max(time.perf_counter(), device_free[0])
+        device_free[0] = start + device_s
+        return state, {"loss": _QueuedResult(device_free[0])}
+
+    return bench.Setup(config=None, step_fn=step_fn, compiled=None, state=(),
+                       batches=[None, None], rest=None, key=None, num_samples=0,
+                       compile_s=0.0)
+
+
+@pytest.mark.parametrize("host_s,device_s", [(0.030, 0.050), (0.050, 0.020)])
+def test_steady_state_timing_cancels_the_window_start(host_s, device_s):
+    # A window started on an idle device pays once for the host's latency before the first
+    # kernel (device-bound) or for the last step's device time (host-bound). The steady
+    # state must be what a long run sees: the slower side's time per step.
+    steps = 3
+    setup = _simulated_setup(host_s, device_s)
+    steady, cold, dispatches = bench.time_windows(setup, steps, repeats=2)
+    assert len(steady) == len(cold) == 2 and len(dispatches) == 2 * 3 * steps
+    assert min(dispatches) >= host_s
+    for s in steady:
+        assert s == pytest.approx(max(host_s, device_s), abs=0.003)
+    once = host_s if host_s < device_s else device_s  # what the window pays once
+    for c in cold:
+        assert c == pytest.approx(max(host_s, device_s) + once / steps, abs=0.003)
+    with pytest.raises(ValueError, match=">= 1"):
+        bench.time_windows(setup, 0, 1)
 
 
 def test_train_step_bench_reports_a_failing_setting(capsys):

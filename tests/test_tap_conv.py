@@ -1,6 +1,8 @@
 """atjax.tap_conv: the one-channel 'same' convolution as taps, against lax.conv and float64,
 and `model.audio.stem_conv`, which puts it at the start of the PANNs ResNet."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +26,12 @@ def _conv64(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("size", [(3, 3), (3, 5), (1, 1)])
-def test_float32_matches_lax_conv_values_and_gradients(size):
+@pytest.mark.parametrize("size,block", [((3, 3), 4096), ((3, 5), 4096), ((1, 1), 4096),
+                                        ((3, 3), 50), ((3, 5), 77)])
+def test_float32_matches_lax_conv_values_and_gradients(size, block, monkeypatch):
+    # block: pixels per block of the kernel gradient's matmul; 231 pixels in blocks of 50
+    # or 77 take the padded and the exact split.
+    monkeypatch.setattr("atjax.tap_conv._BLOCK_PIXELS", block)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(3, 11, 7, 1)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=size + (1, 5)), jnp.float32)
@@ -63,8 +69,15 @@ def test_bfloat16_rounds_inputs_and_sums_in_float32():
     want_dx = sum(_conv64(cot64[..., c:c + 1], flipped[:, :, c:c + 1, :])
                   for c in range(cot64.shape[-1]))
     np.testing.assert_allclose(np.asarray(dx, np.float64), want_dx, rtol=1e-5, atol=1e-5)
-    want_dk = jax.vjp(lambda k: reference_conv(x, k, jnp.bfloat16), kernel)[1](cot)[0]
-    np.testing.assert_array_equal(np.asarray(dkernel), np.asarray(want_dk))  # the conv's own
+    # d/dk[i, j, 0, c] = sum over pixels of the rounded input shifted by (i, j) times cot,
+    # summed in float32 (the convolution's transpose would round the result to bfloat16).
+    x64 = np.pad(rounded(x)[..., 0], ((0, 0), (1, 1), (1, 1)))
+    want_dk = np.stack([np.stack([np.einsum("brs,brsc->c", x64[:, i:i + 9, j:j + 8], cot64)
+                                  for j in range(3)]) for i in range(3)])[:, :, None, :]
+    np.testing.assert_allclose(np.asarray(dkernel, np.float64), want_dk, rtol=1e-5, atol=1e-5)
+    conv_dk = jax.vjp(lambda k: reference_conv(x, k, jnp.bfloat16), kernel)[1](cot)[0]
+    np.testing.assert_allclose(np.asarray(conv_dk, np.float64), want_dk, rtol=2 ** -7, atol=1e-2)
+    assert np.abs(np.asarray(dkernel) - want_dk).max() < np.abs(np.asarray(conv_dk) - want_dk).max()
 
 
 def test_refuses_inputs_it_does_not_compute():
@@ -77,9 +90,10 @@ def test_refuses_inputs_it_does_not_compute():
         panns.ConvBlock(3, 4, dtype=jnp.float32, rngs=nnx.Rngs(0), taps=True)
 
 
-def test_cuda_lowering_has_no_forward_convolution():
-    # What the GPU would run: the forward pass without a convolution; the backward pass with
-    # exactly one (the kernel gradient) and a matmul for the input gradient.
+def test_cuda_lowering_has_no_convolution():
+    # What the GPU would run: no convolution in either pass. The forward output is stored
+    # in bfloat16 behind a barrier; the backward pass is two matmuls, the kernel gradient's
+    # batched over blocks of 4,096 pixels (101 x 64 x 2 = 12,928 pixels: 4 blocks, padded).
     x = jax.ShapeDtypeStruct((2, 101, 64, 1), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((3, 3, 1, 64), jnp.float32)
 
@@ -89,9 +103,13 @@ def test_cuda_lowering_has_no_forward_convolution():
     forward = jax.export.export(jax.jit(loss), platforms=["cuda"])(x, k).mlir_module()
     both = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1))),
                              platforms=["cuda"])(x, k).mlir_module()
-    assert "stablehlo.convolution" not in forward
-    assert both.count("stablehlo.convolution") == 1
-    assert "stablehlo.dot_general" in both
+    assert "stablehlo.convolution" not in forward + both
+    assert "stablehlo.optimization_barrier" in forward
+    assert re.search(r"optimization_barrier %\w+ : tensor<2x101x64x64xbf16>", forward)
+    dots = [line for line in both.splitlines() if "stablehlo.dot_general" in line]
+    assert len(dots) == 2, dots
+    assert any("batching_dims = [0] x [0]" in d and "tensor<4x4096x9xbf16>" in d
+               and "tensor<4x4096x64xbf16>" in d and "-> tensor<4x9x64xf32>" in d for d in dots)
 
 
 def _tiny_resnet(stem_conv: str, dtype) -> panns.ResNet:

@@ -8,13 +8,19 @@ peak, peak device memory, and the host's share of a step. Needs no TensorFlow an
 weights (random init).
 
 Steps are timed as the trainer runs them: dispatched back to back, the host never waiting
-for a step before dispatching the next (the trainer reads metrics one step late). Beside
-that, `step_ms_sync` times steps that each wait for their result (the host's dispatch
-then adds to the step), and `dispatch_ms` is how long a call of the step takes to return
-on the host when nothing is queued: the host time per step that asynchronous dispatch
-must hide. `dispatch_ms_queued` is the same in the back-to-back windows, where a call also
-waits for room in the device's queue once the host is ahead: there it equals the step
-time when the device is the bottleneck.
+for a step before dispatching the next (the trainer reads metrics one step late).
+`step_ms` is the steady state: each repeat times a window of `--steps` steps and one of
+twice as many, both started on an idle device, and their difference per step cancels
+what a window pays once (the host's latency before the first kernel), leaving what a long
+run sees. `step_ms_window` is the shorter window's own time per step, the measure used
+before 2026-11-26's last GPU session. (There, in windows of 10, it rose with the host's
+time per call, 21-27 ms, and the profiled steps spanned 44.6 ms each against 45.6-46.8 ms
+per step in the windows.) Beside those, `step_ms_sync` times steps that each wait for
+their result (the host's dispatch then adds to the step), and `dispatch_ms` is how long a
+call of the step takes to return on the host when nothing is queued: the host time per
+step that asynchronous dispatch must hide. `dispatch_ms_queued` is the same in the
+back-to-back windows, where a call also waits for room in the device's queue once the
+host is ahead: there it equals the step time when the device is the bottleneck.
 
 `--profile DIR` then also traces a few steps and writes where the device time went
 (atjax.bench.profile) to DIR.
@@ -89,6 +95,33 @@ class Setup:
         return walls, dispatches
 
 
+def time_windows(setup: Setup, steps: int, repeats: int
+                 ) -> tuple[list[float], list[float], list[float]]:
+    """Times `repeats` pairs of back-to-back windows, of `steps` and of 2 x `steps` steps,
+    each started on an idle device; returns (steady-state seconds per step, seconds per
+    step of the shorter windows, host seconds per dispatch).
+
+    A window started on an idle device also holds the host's latency before the first
+    kernel (or, where the host is the slower side, the device's time for the last step):
+    a constant per window. The difference of the two windows cancels it, leaving what a
+    long run sees per step: the device's step time, or the host's where that is longer.
+    """
+    if steps < 1 or repeats < 1:
+        raise ValueError(f"time_windows needs steps and repeats >= 1, got {steps}, {repeats}")
+    steady, cold, dispatches = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _, dispatch = setup.run(steps)
+        short = time.perf_counter() - start
+        start = time.perf_counter()
+        _, dispatch_long = setup.run(2 * steps)
+        long = time.perf_counter() - start
+        steady.append((long - short) / steps)
+        cold.append(short / steps)
+        dispatches += dispatch + dispatch_long
+    return steady, cold, dispatches
+
+
 def prepare(config, head: str, dtype: str, batch_size: int, text_length: int) -> Setup:
     import jax
     import numpy as np
@@ -154,13 +187,7 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     progress(f"compiled in {setup.compile_s:.1f} s; timing {args.repeats} x {args.steps} "
              f"steps after {args.warmup} warm-up steps")
     setup.run(args.warmup)
-    # Back-to-back windows of `steps` steps, as the trainer runs; the median window.
-    windows, dispatches = [], []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        _, dispatch = setup.run(args.steps)
-        windows.append((time.perf_counter() - start) / args.steps)
-        dispatches += dispatch
+    windows, cold_windows, dispatches = time_windows(setup, args.steps, args.repeats)
     sync, sync_dispatches = (setup.run(args.sync_steps, sync=True) if args.sync_steps
                              else ([], []))
     loss = float(setup.metrics["loss"])
@@ -194,6 +221,7 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
         "batch_size": args.batch_size, "clip_seconds": setup.num_samples / m.audio.frontend.sample_rate,
         "text_length": args.text_length, "text_encoder": m.text.encoder,
         "step_ms": round(step_s * 1e3, 2), "step_ms_min": round(min(windows) * 1e3, 2),
+        "step_ms_window": round(statistics.median(cold_windows) * 1e3, 2),
         "step_ms_sync": round(statistics.median(sync) * 1e3, 2) if sync else None,
         # The host's own time per call, read where nothing is queued (each step waited
         # for): in back-to-back windows a call also waits for room in the device's queue,
@@ -232,8 +260,9 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", default="mlp,transformer")
     parser.add_argument("--dtypes", default="bfloat16,float32")
     add_common_args(parser)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
-    parser.add_argument("--repeats", type=int, default=3, help="timed windows")
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed window")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed pairs of windows (--steps and 2 x --steps steps)")
     parser.add_argument("--sync_steps", type=int, default=5,
                         help="steps timed one by one, each waiting for its result")
     parser.add_argument("--peak_tflops", type=float, default=None)
