@@ -128,6 +128,55 @@ def test_categories_of_a_known_program():
     assert {"convolution", "matmul", "fft", "rng", "reduction"} <= found
 
 
+THREEFRY_HLO = """HloModule m
+
+%fused_rounds (p0: u32[64,8], p1: u32[64,8]) -> u32[64,8] {
+  %p0 = u32[64,8]{1,0} parameter(0)
+  %p1 = u32[64,8]{1,0} parameter(1)
+  %add.1 = u32[64,8]{1,0} add(%p0, %p1), metadata={op_name="jit(f)/jvp(audio_encoder)/stage1/add"}
+  %c13 = u32[] constant(13)
+  %b13 = u32[64,8]{1,0} broadcast(%c13), dimensions={}
+  %shl = u32[64,8]{1,0} shift-left(%p1, %b13)
+  %c19 = u32[] constant(19)
+  %b19 = u32[64,8]{1,0} broadcast(%c19), dimensions={}
+  %shr = u32[64,8]{1,0} shift-right-logical(%p1, %b19)
+  %or.1 = u32[64,8]{1,0} or(%shl, %shr)
+  ROOT %xor.1 = u32[64,8]{1,0} xor(%or.1, %add.1), metadata={op_name="jit(f)/jvp(audio_encoder)/stage1/xor"}
+}
+
+%fused_flip (p0: s32[64,8], p1: s32[64,8]) -> s32[64,8] {
+  %p0 = s32[64,8]{1,0} parameter(0)
+  %p1 = s32[64,8]{1,0} parameter(1)
+  %c1 = s32[] constant(1)
+  %b1 = s32[64,8]{1,0} broadcast(%c1), dimensions={}
+  %shl = s32[64,8]{1,0} shift-left(%p0, %b1)
+  %shr = s32[64,8]{1,0} shift-right-logical(%p1, %b1)
+  ROOT %xor.2 = s32[64,8]{1,0} xor(%shl, %shr)
+}
+
+ENTRY %main (a: u32[64,8], b: u32[64,8], c: s32[64,8]) -> u32[64,8] {
+  %a = u32[64,8]{1,0} parameter(0)
+  %b = u32[64,8]{1,0} parameter(1)
+  %c = s32[64,8]{1,0} parameter(2)
+  %loop_xor_fusion = u32[64,8]{1,0} fusion(%a, %b), kind=kLoop, calls=%fused_rounds, metadata={op_name="jit(f)/jvp(audio_encoder)/stage1/xor"}
+  %loop_xor_fusion.1 = s32[64,8]{1,0} fusion(%c, %c), kind=kLoop, calls=%fused_flip
+  ROOT %xor.3 = u32[64,8]{1,0} xor(%a, %b), metadata={op_name="jit(f)/stage1/xor"}
+}
+"""
+
+
+def test_threefry_rounds_count_as_rng_under_their_callers_name():
+    # As XLA:GPU fuses dropout's threefry rounds: named after the calling scope.
+    hlo = profile_lib.parse_hlo(THREEFRY_HLO)
+    inst = hlo.instructions
+    assert profile_lib.category(hlo, inst["loop_xor_fusion"]) == "rng"
+    assert profile_lib.scope_of(profile_lib.op_name_of(hlo, inst["loop_xor_fusion"])) == (
+        "audio_encoder/stage1", "forward")
+    # Signed bit tricks and a lone xor are not a PRNG.
+    assert profile_lib.category(hlo, inst["loop_xor_fusion.1"]) == "elementwise"
+    assert profile_lib.category(hlo, inst["xor.3"]) == "elementwise"
+
+
 def test_profile_attributes_the_step(tmp_path, capsys):
     out = tmp_path / "profile"
     assert profile_lib.main(["--config", TINY, "--head", "transformer", "--dtype", "float32",

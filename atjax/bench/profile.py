@@ -54,6 +54,10 @@ _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permut
 # bits with compares and selects, which is elementwise work, not bit making.
 _RNG_SCOPES = ("threefry", "random_bits", "rng_bit_generator", "_uniform", "_bernoulli",
                "_randint", "_normal")
+# Threefry's rounds: 32-bit adds, rotations (two shifts and an or) and xors. In the GPU
+# module the fused rounds carry their caller's name (".../stage1/xor"), not the PRNG's,
+# so a fusion is told by these opcodes together on unsigned 32-bit values.
+_THREEFRY_OPCODES = frozenset({"xor", "shift-left", "shift-right-logical"})
 # Bits per element of HLO's element types (f4e2m1fn, s4 and u4 pack two to a byte).
 _ELEMENT_BITS = {
     "pred": 8, "s4": 4, "u4": 4, "s8": 8, "u8": 8, "s16": 16, "u16": 16, "f16": 16,
@@ -309,6 +313,9 @@ def category(hlo: Hlo, inst: Instruction) -> str:
         return "fft"
     if "rng-bit-generator" in opcodes or "threefry" in targets or any(
             i.opcode == "xor" and any(key in i.op_name for key in _RNG_SCOPES) for i in body):
+        return "rng"
+    if _THREEFRY_OPCODES <= opcodes and any(
+            i.opcode == "xor" and i.shape.startswith("u32") for i in body):
         return "rng"
     if "reduce" in opcodes or "reduce-window" in opcodes:
         return "reduction"
