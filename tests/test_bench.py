@@ -232,10 +232,10 @@ def test_profile_attributes_the_step(tmp_path, capsys):
 
 
 def test_gpu_session_script_runs_end_to_end(tmp_path):
-    # The prepared device-session script, on CPU at a tiny size: a profiled setting, a
-    # failing one that must not stop the rest, one with config overrides, one with its own
-    # XLA flags, and the first again. The others are compiled in parallel first and then
-    # timed loading their compiled steps from the persistent cache.
+    # The prepared device-session script, on CPU at a tiny size: a profiled setting, a second
+    # (the baseline) profiled too with its summary kept, a failing one that must not stop
+    # the rest, one with its own XLA flags, and the first again. The others are compiled in
+    # parallel first and then timed loading their compiled steps from the persistent cache.
     import os
     import pathlib
     import subprocess
@@ -246,28 +246,31 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
            "BENCH_ARGS": "--batch_size 8 --steps 2 --repeats 1 --sync_steps 1 --warmup 1"}
     result = subprocess.run(
         ["bash", "launch/gpu_bench.sh", str(out), TINY, "mlp:float32",
-         "transformer:float16", "mlp:float32:rng_impl=rbg,model.audio.batchnorm_one_pass=True",
+         "mlp:float32:rng_impl=rbg,model.audio.batchnorm_one_pass=True", "transformer:float16",
          "mlp:float32@--xla_cpu_enable_fast_math=false", "mlp:float32"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(x) for x in (out / "bench.jsonl").read_text().splitlines()]
-    assert [r["dtype"] for r in lines] == ["float32", "float16", "float32", "float32", "float32"]
-    assert ["error" in r for r in lines] == [False, True, False, False, False]
+    assert [r["dtype"] for r in lines] == ["float32", "float32", "float16", "float32", "float32"]
+    assert ["error" in r for r in lines] == [False, False, True, False, False]
     profiled = json.loads((out / "profile.json").read_text())
     assert (profiled["head"], profiled["dtype"], profiled["batch_size"]) == ("mlp", "float32", 8)
-    assert lines[0]["profile"] and "profile" not in lines[4]
-    assert lines[2]["overrides"] == ["rng_impl=rbg", "model.audio.batchnorm_one_pass=True"]
+    second = json.loads((out / "profile_b.json").read_text())
+    assert second["overrides"] == ["rng_impl=rbg", "model.audio.batchnorm_one_pass=True"]
+    assert (out / "profile_b.txt").read_text().startswith("step ")
+    assert lines[0]["profile"] and lines[1]["profile"] and "profile" not in lines[4]
+    assert lines[1]["overrides"] == ["rng_impl=rbg", "model.audio.batchnorm_one_pass=True"]
     assert lines[3]["xla_flags"] == "--xla_cpu_enable_fast_math=false"
-    assert lines[0]["xla_flags"] == lines[2]["xla_flags"] == ""
+    assert lines[0]["xla_flags"] == lines[1]["xla_flags"] == ""
     # The repeat of the first setting loads the step the first run compiled.
     assert lines[4]["compile_s"] < 0.7 * lines[0]["compile_s"], (lines[0], lines[4])
     log = (out / "log.txt").read_text()
     assert log.count("(compile only)") == 2 and "compiling 3 settings in parallel" in log
     assert sorted(p.name for p in out.iterdir()) == [
-        "bench.jsonl", "log.txt", "profile.json", "profile.txt", "step.hlo.txt.gz",
-        "trace.xplane.pb.gz"]
+        "bench.jsonl", "log.txt", "profile.json", "profile.txt", "profile_b.json",
+        "profile_b.txt", "step.hlo.txt.gz", "trace.xplane.pb.gz"]
     table = result.stdout.splitlines()
-    assert table[-6].startswith("setting") and "error" in table[-4]
+    assert table[-6].startswith("setting") and "error" in table[-3]
     assert table[-2].endswith(f"{lines[3]['compile_s']:6.1f}") and "@--xla_cpu" in table[-2]
 
 
