@@ -163,7 +163,8 @@ class Trainer:
             step_lib.split_model(model)
         self.tx = step_lib.make_optimizer(config, params)
         replicated = sharding.replicated(self.mesh)
-        state = step_lib.init_state(params, batch_stats, self.tx)
+        self.copies_dtype = step_lib.copies_dtype(config)
+        state = step_lib.init_state(params, batch_stats, self.tx, self.copies_dtype)
         self.state = sharding.replicate(state, self.mesh)
         self.rest = sharding.replicate(self.rest, self.mesh)
         self.base_key = sharding.replicate(step_lib.base_key(config), self.mesh)
@@ -188,14 +189,16 @@ class Trainer:
     def _restore(self) -> int:
         if self.resume_step is None:
             return 0
-        abstract = ckpt_lib.abstract_like(self.state)
-        self.state, input_state = self.checkpoints.restore(self.resume_step, abstract)
+        abstract = ckpt_lib.abstract_like(step_lib.without_copies(self.state))
+        state, input_state = self.checkpoints.restore(self.resume_step, abstract)
+        self.state = step_lib.with_copies(state, self.copies_dtype)
         self.input.set_state(input_state)
         logging.info("resuming from step %d", self.resume_step)
         return self.resume_step
 
     def _save(self, step: int, *, force: bool = False) -> None:
-        self.checkpoints.save(step, self.state, self.input.get_state(), force=force)
+        self.checkpoints.save(step, step_lib.without_copies(self.state),
+                              self.input.get_state(), force=force)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         if self.evaluate_fn is None:
@@ -279,7 +282,8 @@ class Trainer:
                             else:
                                 evals_without_improvement += 1
                             self.checkpoints.save_best(
-                                step, self.state, self.input.get_state(),
+                                step, step_lib.without_copies(self.state),
+                                self.input.get_state(),
                                 {c.best_metric: val[key]})
                         if (c.early_stopping_patience
                                 and evals_without_improvement >= c.early_stopping_patience):

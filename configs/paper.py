@@ -46,6 +46,9 @@ def get_config(arg=None):
     c.experiment = arg or "table1-roberta-large"
     c.seed = 0
     c.rng_impl = "threefry2x32"  # dropout/SpecAugment PRNG; see train_step.RNG_IMPLS
+    # bfloat16 copies of the weight kernels in the train state, written by the optimizer
+    # step instead of cast in every step (train_step.weight_copies); not in checkpoints.
+    c.compute_weight_copies = False
     c.batch_size = BATCH_SIZE
     pairs = PRETRAIN_PAIRS + (ACBA_PAIRS if exp["data"] == "acba" else 0)
     steps_per_epoch = pairs // BATCH_SIZE

@@ -53,6 +53,9 @@ def get_config(arg=None):
     c.experiment = f"synthetic-{o['head']}-{o['batches']}"
     c.seed = 0
     c.rng_impl = "threefry2x32"  # dropout/SpecAugment PRNG; see train_step.RNG_IMPLS
+    # bfloat16 copies of the weight kernels in the train state, written by the optimizer
+    # step instead of cast in every step (train_step.weight_copies); not in checkpoints.
+    c.compute_weight_copies = False
     c.batch_size = 8 if tiny else 32
     c.total_steps = 4 if tiny else 200
     c.log_every_steps = 1 if tiny else 10

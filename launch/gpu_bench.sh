@@ -32,15 +32,15 @@ config=${2:-configs/paper.py:table1-roberta-large}
 shift $(( $# >= 2 ? 2 : 1 ))
 settings=("$@")
 [ ${#settings[@]} -gt 0 ] || settings=(
-  # The taps stem in its second form (bfloat16 output behind a barrier, the kernel gradient
-  # as a blocked matmul), not yet timed, profiled; then the defaults; then the rest.
-  mlp:bfloat16:model.audio.stem_conv=taps
+  # Everything not yet timed, profiled: the taps stem in its second form (bfloat16 output
+  # behind a barrier, the kernel gradient as a blocked matmul) and bfloat16 weight copies;
+  # then the defaults (profiled too, as the baseline); then each change alone, by priority.
+  mlp:bfloat16:model.audio.stem_conv=taps,compute_weight_copies=True
   mlp:bfloat16                                        # the defaults
-  transformer:bfloat16:model.audio.stem_conv=taps     # peak memory against 15 GiB
-  mlp:bfloat16:model.audio.stem_conv=taps,model.dropout_mask_bits=16
-  transformer:bfloat16
-  mlp:float32                                         # last timed at 64d19e6
-  mlp:bfloat16:model.audio.stem_conv=taps             # again: spread between processes
+  mlp:bfloat16:model.audio.stem_conv=taps
+  transformer:bfloat16:model.audio.stem_conv=taps,compute_weight_copies=True  # vs 15 GiB
+  mlp:bfloat16:compute_weight_copies=True
+  mlp:bfloat16:model.audio.stem_conv=taps,compute_weight_copies=True,model.dropout_mask_bits=16
 )
 budget=${BUDGET_S:-480}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/atjax-jax-cache}

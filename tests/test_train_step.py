@@ -64,3 +64,86 @@ def test_train_step_lowers_for_gpus_and_tpus_with_their_forms():
     assert blocks.search(modules["cuda"]) and not blocks.search(modules["tpu"])
     assert modules["cuda"].count("optimization_barrier") > modules["tpu"].count(
         "optimization_barrier")
+
+
+def _tiny_setup(head: str, overrides=()):
+    import pathlib
+
+    import jax
+
+    from atjax import config as config_lib
+    from atjax import model as model_lib
+    from atjax import sharding
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = config_lib.load(f"{root}/configs/synthetic.py:size=tiny,head={head}",
+                             ["--config.model.compute_dtype=bfloat16", *overrides])
+    mesh = sharding.make_mesh()
+    train_def, _, params, batch_stats, rest = step_lib.split_model(model_lib.build(config.model))
+    tx = step_lib.make_optimizer(config, params)
+    replicated = sharding.replicated(mesh)
+    step = step_lib.jit_train_step(train_def, tx, replicated, sharding.batch_sharded(mesh),
+                                   replicated)
+    rng = np.random.default_rng(0)
+    samples = model_lib.clip_samples(config.model)
+    batch = {"audio": jnp.asarray(rng.normal(size=(4, samples)) * 0.1, jnp.float32),
+             "input_ids": jnp.asarray(rng.integers(5, 100, (4, 12)), jnp.int32),
+             "attention_mask": jnp.ones((4, 12), jnp.int32)}
+    return config, tx, params, batch_stats, rest, step, batch, jax
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("head", ["mlp", "transformer"])
+def test_weight_copies_leave_the_training_step_unchanged(head):
+    # The forward pass reading bfloat16 copies of the kernels must compute what casting the
+    # float32 kernels computes: same loss, same gradients, same new parameters, bit for bit.
+    config, tx, params, batch_stats, rest, step, batch, jax = _tiny_setup(
+        head, ["--config.compute_weight_copies=True"])
+    dtype = step_lib.copies_dtype(config)
+    assert dtype == jnp.bfloat16
+    key = step_lib.base_key(config)
+    states = {}
+    for name, copies in (("cast", None), ("copies", dtype)):
+        fresh = jax.tree.map(jnp.copy, (params, batch_stats))  # the step donates its state
+        state = step_lib.init_state(*fresh, tx, copies)
+        for _ in range(2):
+            state, metrics = step(state, batch, rest, key)
+        states[name] = (state, metrics)
+    (plain, m_plain), (copied, m_copied) = states["cast"], states["copies"]
+    assert plain.weight_copies is None
+    assert float(m_plain["loss"]) == float(m_copied["loss"])
+    assert float(m_plain["grad_norm"]) == float(m_copied["grad_norm"])
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(copied.params)):
+        assert a.dtype == b.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The copies follow the masters: every kernel of 2+ dimensions, nothing else.
+    kernels = {jax.tree_util.keystr(p): x for p, x in
+               jax.tree_util.tree_leaves_with_path(copied.params)
+               if jax.tree_util.keystr(p).endswith("['kernel']") and x.ndim >= 2}
+    copies = {jax.tree_util.keystr(p): x for p, x in
+              jax.tree_util.tree_leaves_with_path(copied.weight_copies)}
+    assert copies.keys() == kernels.keys() and len(copies) > 10
+    assert any("text_encoder" in k for k in copies) and any("conv" in k for k in copies)
+    for k, x in copies.items():
+        assert x.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(kernels[k].astype(jnp.bfloat16)))
+
+
+def test_weight_copies_need_16_bit_compute_and_stay_out_of_checkpoints():
+    config, tx, params, batch_stats, rest, step, batch, jax = _tiny_setup(
+        "mlp", ["--config.compute_weight_copies=True", "--config.model.compute_dtype=float32"])
+    assert step_lib.copies_dtype(config) is None  # float32 compute: nothing to save
+    config.compute_weight_copies = False
+    config.model.compute_dtype = "bfloat16"
+    assert step_lib.copies_dtype(config) is None
+    config.unlock()
+    del config.compute_weight_copies  # a config written before the setting
+    assert step_lib.copies_dtype(config) is None
+    state = step_lib.init_state(params, batch_stats, tx, jnp.bfloat16)
+    bare = step_lib.without_copies(state)
+    assert bare.weight_copies is None and len(jax.tree.leaves(bare)) < len(jax.tree.leaves(state))
+    again = step_lib.with_copies(bare, jnp.bfloat16)
+    for a, b in zip(jax.tree.leaves(again.weight_copies), jax.tree.leaves(state.weight_copies)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -140,6 +140,27 @@ def test_sigterm_saves_and_resumes(reference_run, tmp_path):
     _assert_params_close(_params(tmp_path / "params.npz"), ref_params, atol=1e-6)
 
 
+def test_weight_copies_resume_to_the_run_without_them(tmp_path):
+    # bfloat16 compute. A run that keeps bfloat16 weight copies, stopped after its step-2
+    # checkpoint and resumed, must end exactly where a run without copies ends: the copies
+    # change no number, and the resumed run derives them again from the checkpoint's
+    # float32 masters (checkpoints do not hold them).
+    bf16 = ["--override", "model.compute_dtype=bfloat16"]
+    copies = [*bf16, "--override", "compute_weight_copies=True"]
+    r = _run(tmp_path / "plain", 3, "--save_params", tmp_path / "plain.npz", *bf16)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run(tmp_path / "copies", 2, *copies)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run(tmp_path / "copies", 3, "--save_params", tmp_path / "copies.npz", *copies)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from step 2" in r.stderr
+    copies_kept = int(r.stdout.split("copies=")[1].split()[0])
+    assert copies_kept > 10, r.stdout  # the resumed run still reads copies
+    np.testing.assert_array_equal(_losses(tmp_path / "copies")[-1], _losses(tmp_path / "plain")[-1])
+    _assert_params_close(_params(tmp_path / "copies.npz"), _params(tmp_path / "plain.npz"),
+                         atol=1e-12)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     r = _run(workdir, 6, "--nan_at", 4)

@@ -2,6 +2,7 @@
 tiny synthetic config with the in-memory ArrayInput. Used by tests/test_trainer.py.
 
   python tests/train_worker.py WORKDIR STEPS [--save_params OUT.npz] [--nan_at STEP]
+      [--override FIELD=VALUE ...]
 """
 
 import argparse
@@ -21,6 +22,8 @@ def main():
     parser.add_argument("--checkpoint_every", type=int, default=2)
     parser.add_argument("--step_sleep", type=float, default=0.0)
     parser.add_argument("--head", default="transformer")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a further config override, e.g. model.compute_dtype=bfloat16")
     args = parser.parse_args()
 
     import logging
@@ -45,7 +48,7 @@ def main():
         # Adam's first steps are sign-like (update ~ g/|g|): with the default eps a gradient
         # of 1e-9 and one of -1e-9 (reduction-order noise across device counts) move a
         # weight in opposite directions. A larger eps keeps the comparison about the step.
-        "optimizer.eps=1e-3"])
+        "optimizer.eps=1e-3", *args.override])
 
     class Input(testing.ArrayInput):
         def __next__(self):
@@ -70,7 +73,8 @@ def main():
         arrays = {jax.tree_util.keystr(p): np.asarray(v.addressable_data(0) if hasattr(v, "addressable_data") else v)
                   for p, v in leaves}
         np.savez(args.save_params, **arrays)
-    print(f"DONE step={result.step} preempted={result.preempted}", flush=True)
+    copies = len(jax.tree.leaves(trainer.state.weight_copies))
+    print(f"DONE step={result.step} preempted={result.preempted} copies={copies}", flush=True)
     return 0
 
 

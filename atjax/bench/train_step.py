@@ -142,7 +142,8 @@ def prepare(config, head: str, dtype: str, batch_size: int, text_length: int) ->
     del model
     tx = step_lib.make_optimizer(config, params)
     replicated = sharding.replicated(mesh)
-    state = sharding.replicate(step_lib.init_state(params, batch_stats, tx), mesh)
+    state = sharding.replicate(
+        step_lib.init_state(params, batch_stats, tx, step_lib.copies_dtype(config)), mesh)
     rest = sharding.replicate(rest, mesh)
     key = sharding.replicate(step_lib.base_key(config), mesh)
     step_fn = step_lib.jit_train_step(train_def, tx, replicated,
