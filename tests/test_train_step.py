@@ -147,3 +147,29 @@ def test_weight_copies_need_16_bit_compute_and_stay_out_of_checkpoints():
     again = step_lib.with_copies(bare, jnp.bfloat16)
     for a, b in zip(jax.tree.leaves(again.weight_copies), jax.tree.leaves(state.weight_copies)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_with_weight_copies_the_forward_pass_casts_no_kernel_argument():
+    # What the GPU runs: without copies the step converts float32 kernel arguments to
+    # bfloat16 (the casts the copies remove); with them, every kernel conversion is of a
+    # value the optimizer computed, and the step takes the copies as bfloat16 arguments.
+    import re
+
+    config, tx, params, batch_stats, rest, step, batch, jax = _tiny_setup(
+        "transformer", ["--config.compute_weight_copies=True"])
+    key = step_lib.base_key(config)
+    cast_args = r"stablehlo.convert %arg\d+ : \(tensor<(\d+x)+\d+xf32>\) -> tensor<[0-9x]+xbf16>"
+    found = {}
+    for name, copies in (("cast", None), ("copies", step_lib.copies_dtype(config))):
+        state = jax.eval_shape(lambda: step_lib.init_state(params, batch_stats, tx, copies))
+        module = jax.export.export(step, platforms=["cuda"])(state, batch, rest, key).mlir_module()
+        found[name] = (len(re.findall(cast_args, module)),
+                       len(re.findall(r"%arg\d+: tensor<(?:\d+x)+\d+xbf16>", module)))
+    copies = step_lib.weight_copies(params, jnp.bfloat16)
+    # The AudioSet classifier (fc_audioset) is not in the loss: its argument is pruned.
+    assert copies["audio_encoder"]["fc_audioset"]["kernel"] is not None
+    used = len(jax.tree.leaves(copies)) - 1
+    # Each used kernel: one float32 argument cast fewer, one bfloat16 argument more. What
+    # is still cast whole (attention biases [heads, dim], the CLS token) is tiny.
+    assert found["cast"][0] - found["copies"][0] == used, (found, used)
+    assert found["copies"][1] - found["cast"][1] == used, (found, used)
