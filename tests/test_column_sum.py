@@ -3,6 +3,7 @@ that uses it. The GPU form is run here directly and its selection is checked in 
 for CUDA, which needs no GPU."""
 
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -109,3 +110,51 @@ def test_dense_input_gradient_passes_through():
     want = jax.grad(lambda v: jnp.sum(jnp.tanh(layer(v))))(x)
     got = jax.grad(lambda v: jnp.sum(jnp.tanh(text._dense(layer, v))))(x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "relu"])
+def test_dense_activation_is_rematerialised_with_the_same_numbers(dtype, activation, capsys):
+    # `_dense(layer, x, act)` recomputes the activation in the backward pass: the values
+    # bit for bit those of `act(_dense(layer, x))` and the gradients equal to rounding
+    # (XLA may keep a fused bfloat16 intermediate unrounded), while the forward keeps only
+    # the matmul's output for it (not exact GELU's erfc intermediates).
+    act = text._ACTIVATIONS[activation]
+    layer = nnx.Linear(16, 32, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(4))
+    layer.bias.set_value(jnp.linspace(-0.5, 0.5, 32))
+    graphdef, state = nnx.split(layer)
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(4, 64, 16)), dtype)
+    cot = jnp.asarray(rng.normal(size=(4, 64, 32)), dtype)
+
+    def plain(p, v):
+        return act(text._dense(nnx.merge(graphdef, p), v))
+
+    def remat(p, v):
+        return text._dense(nnx.merge(graphdef, p), v, act)
+
+    results = {}
+    for name, f in (("plain", plain), ("remat", remat)):
+        out, pullback = jax.jit(lambda p, v, f=f: jax.vjp(f, p, v))(state, x)
+        results[name] = (out, *pullback(cot))
+    (out_plain, *grads_plain), (out_remat, *grads_remat) = results["plain"], results["remat"]
+    np.testing.assert_array_equal(np.asarray(out_plain, np.float32),
+                                  np.asarray(out_remat, np.float32))
+    rtol = 1e-5 if dtype == jnp.float32 else 2 ** -6
+    for a, b in zip(jax.tree.leaves(grads_plain), jax.tree.leaves(grads_remat)):
+        assert a.dtype == b.dtype
+        scale = float(np.abs(np.asarray(a, np.float32)).max())
+        np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a, np.float32),
+                                   rtol=rtol, atol=rtol * scale)
+
+    def saved(f):
+        capsys.readouterr()
+        jax.ad_checkpoint.print_saved_residuals(lambda p, v: jnp.sum(f(p, v)), state, x)
+        return capsys.readouterr().out
+
+    kept = saved(remat)
+    assert "erfc" not in kept and "exp" not in kept
+    short = {jnp.float32: "f32", jnp.bfloat16: "bf16"}[dtype]
+    assert f"{short}[4,64,32] output of dot_general" in kept, kept
+    if activation == "gelu":
+        assert "erfc" in saved(plain)
