@@ -57,7 +57,9 @@ def text_config(config: ml_collections.ConfigDict) -> text_lib.TextEncoderConfig
     else:
         base = text_lib.preset(t.encoder)
     overrides = {k: v for k, v in dict(t.overrides).items() if v}
-    return dataclasses.replace(base, **overrides) if overrides else base
+    # Configs written before this setting lack it: None (automatic) applies.
+    overrides["remat_activation"] = t.get("remat_activation")
+    return dataclasses.replace(base, **overrides)
 
 
 def chunk_samples(config: ml_collections.ConfigDict) -> int | None:
@@ -194,6 +196,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.text.pretrained = True           # load the folder's weights (False: random init)
     c.text.max_length = 32
     c.text.freeze = False              # the paper fine-tunes the text encoder
+    # Recompute the MLP activation in the backward pass instead of keeping its intermediates
+    # (less memory and traffic): None is on for bfloat16 compute, off for float32.
+    c.text.remat_activation = None
     c.text.overrides = ml_collections.ConfigDict(
         dict(num_layers=0, hidden_size=0, num_heads=0, intermediate_size=0))  # 0 = keep
     return c

@@ -158,3 +158,33 @@ def test_dense_activation_is_rematerialised_with_the_same_numbers(dtype, activat
     assert f"{short}[4,64,32] output of dot_general" in kept, kept
     if activation == "gelu":
         assert "erfc" in saved(plain)
+
+
+def test_remat_activation_setting_follows_the_compute_dtype_unless_forced():
+    import dataclasses
+
+    from atjax import model as model_lib
+
+    tiny = dataclasses.replace(text.preset("bert-base"), num_layers=1, hidden_size=32,
+                               num_heads=2, intermediate_size=64, vocab_size=50)
+
+    def flag(config, dtype):
+        encoder = text.TextEncoder(config, dtype=dtype, rngs=nnx.Rngs(0))
+        return encoder.layers[0].remat_activation
+
+    # Automatic: recomputed for 16-bit compute; float32 keeps autodiff's residuals, the
+    # numbers the CPU studies were made with.
+    assert flag(tiny, jnp.bfloat16) is True and flag(tiny, jnp.float32) is False
+    forced = dataclasses.replace(tiny, remat_activation=True)
+    assert flag(forced, jnp.float32) is True
+    assert flag(dataclasses.replace(tiny, remat_activation=False), jnp.bfloat16) is False
+    with pytest.raises(ValueError, match="remat_activation must be None"):
+        dataclasses.replace(tiny, remat_activation="yes")
+    # The model config's field reaches the encoder; a config written before it has None.
+    config = model_lib.default_config()
+    config.text.encoder = "bert-base"
+    assert model_lib.text_config(config).remat_activation is None
+    config.text.remat_activation = True
+    assert model_lib.text_config(config).remat_activation is True
+    del config.text.remat_activation
+    assert model_lib.text_config(config).remat_activation is None

@@ -38,7 +38,7 @@ _HF_FIELD_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attentio
                    "dropout_rate": "hidden_dropout_prob",
                    "attention_dropout_rate": "attention_probs_dropout_prob"}
 # Dropout is a training choice, not architecture: a preset may differ from config.json in it.
-_NON_ARCHITECTURE_FIELDS = ("dropout_rate", "attention_dropout_rate")
+_NON_ARCHITECTURE_FIELDS = ("dropout_rate", "attention_dropout_rate", "remat_activation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,11 @@ class TextEncoderConfig:
     hidden_act: str = "gelu"
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
+    # Recompute the MLP activation in the backward pass (`_dense`) rather than keep its
+    # intermediates: None is on for 16-bit compute and off for float32, whose autodiff
+    # numbers the CPU studies in docs/ were made with (recomputation rounds differently,
+    # and 200 training steps amplify that into different results); True/False force it.
+    remat_activation: bool | None = None
 
     def __post_init__(self):
         if self.model_type not in ("bert", "roberta"):
@@ -63,6 +68,9 @@ class TextEncoderConfig:
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} unsupported; "
                              f"choices: {sorted(_ACTIVATIONS)}")
+        if self.remat_activation not in (None, True, False):
+            raise ValueError("remat_activation must be None (automatic), True or False, "
+                             f"got {self.remat_activation!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                              f"num_heads {self.num_heads}")
@@ -154,12 +162,14 @@ def _add_bias_backward(bias, g):
 add_bias.defvjp(_add_bias_forward, _add_bias_backward)
 
 
-def _dense(layer: nnx.Linear, x: jax.Array, activation=None) -> jax.Array:
+def _dense(layer: nnx.Linear, x: jax.Array, activation=None, *, remat: bool = True
+           ) -> jax.Array:
     """`layer(x)`, then `activation` if given, with the bias added by `add_bias`: the same
     values (inputs, kernel and bias in the layer's dtype, one dot_general), a faster bias
     gradient on GPUs.
 
-    The activation is rematerialised in the backward pass from the matmul's output:
+    With `remat`, the activation is rematerialised in the backward pass from the matmul's
+    output:
     autodiff of the exact GELU keeps two full-size intermediates, erfc(-x/sqrt(2)) and
     -x/sqrt(2), which on an H200 the forward kernel wrote beside its output (3 x 16 MB per
     RoBERTa-Large layer at 2,048 tokens; 24 kernels, 0.66 ms,
@@ -173,6 +183,8 @@ def _dense(layer: nnx.Linear, x: jax.Array, activation=None) -> jax.Array:
                             (((x.ndim - 1,), (0,)), ((), ())), precision=layer.precision)
     if activation is None:
         return add_bias(y, bias)
+    if not remat:
+        return activation(add_bias(y, bias))
     return jax.checkpoint(lambda y, b: activation(add_bias(y, b)))(y, bias)
 
 
@@ -217,6 +229,8 @@ class Layer(nnx.Module):
         self.attention_dropout = dropout_lib.Dropout(c.attention_dropout_rate, rngs=rngs)
         self.dropout = dropout_lib.Dropout(c.dropout_rate, rngs=rngs)
         self.num_heads, self.hidden_act, self.dtype = c.num_heads, c.hidden_act, dtype
+        self.remat_activation = (c.remat_activation if c.remat_activation is not None
+                                 else jnp.dtype(dtype) != jnp.float32)
 
     def __call__(self, x, mask_bias):
         b, n, d = x.shape
@@ -230,7 +244,8 @@ class Layer(nnx.Module):
         context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(b, n, d)
         x = x + self.dropout(_dense(self.attention_out, context))
         x = _layer_norm(self.attention_norm, x, self.dtype)
-        h = _dense(self.mlp_out, _dense(self.mlp_in, x, _ACTIVATIONS[self.hidden_act]))
+        h = _dense(self.mlp_out, _dense(self.mlp_in, x, _ACTIVATIONS[self.hidden_act],
+                                        remat=self.remat_activation))
         return _layer_norm(self.mlp_norm, x + self.dropout(h), self.dtype)
 
 
