@@ -19,7 +19,9 @@
 # in parallel in 165-230 s, and each timed setting then took about 27 s with windows of 10
 # steps (windows of 20 and 40 now: about 6 s more).
 # Timing runs start while BUDGET_S seconds (default 480) have not passed, so that the
-# whole call ends inside the device tool's 10-minute limit; skipped ones are listed.
+# whole call ends inside the device tool's 10-minute limit; skipped ones are listed. Run
+# again at once with the skipped ones, while the machine is warm: their compiled steps are
+# in its cache (2026-11-26: four settings timed so in 201 s).
 # BENCH_ARGS adds arguments of `python -m atjax.bench train_step` (e.g. "--batch_size 32").
 # Results: OUT_DIR/bench.jsonl (one JSON line per timed setting), OUT_DIR/log.txt, the
 # first setting's profile.json, profile.txt, step.hlo.txt.gz and trace.xplane.pb.gz, and
@@ -39,6 +41,7 @@ settings=("$@")
   mlp:bfloat16                                        # the defaults
   mlp:bfloat16:model.audio.stem_conv=taps
   transformer:bfloat16:model.audio.stem_conv=taps,compute_weight_copies=True  # vs 15 GiB
+  mlp:bfloat16:model.text.remat_activation=False      # the new bf16 default, undone
   mlp:bfloat16:compute_weight_copies=True
   mlp:bfloat16:model.audio.stem_conv=taps,compute_weight_copies=True,model.dropout_mask_bits=16
 )
