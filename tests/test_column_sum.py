@@ -66,16 +66,24 @@ def test_gpus_get_the_two_stage_form_and_cpus_the_plain_one():
     assert "optimization_barrier" not in cpu and "16x128x1024" not in cpu
 
 
+def _linear_case(dtype, features: int, bias: float, seeds: tuple[int, int], batch: int):
+    """An nnx.Linear(16 -> features) split into (graphdef, state), with a bias ramp of
+    +-bias, and an input [batch, 64, 16] and output cotangent drawn in `dtype`."""
+    layer = nnx.Linear(16, features, dtype=dtype, param_dtype=jnp.float32,
+                       rngs=nnx.Rngs(seeds[0]))
+    layer.bias.set_value(jnp.linspace(-bias, bias, features))
+    graphdef, state = nnx.split(layer)
+    rng = np.random.default_rng(seeds[1])
+    x = jnp.asarray(rng.normal(size=(batch, 64, 16)), dtype)
+    cot = jnp.asarray(rng.normal(size=(batch, 64, features)), dtype)
+    return graphdef, state, x, cot
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dense_matches_nnx_linear(dtype):
     # Same forward values as nnx.Linear; the same gradients, the bias gradient summed in
     # float32 (against float64 here: a bfloat16 sum like autodiff's is visibly worse).
-    layer = nnx.Linear(16, 24, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
-    layer.bias.set_value(jnp.linspace(-1.0, 1.0, 24))
-    graphdef, state = nnx.split(layer)
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(8, 64, 16)), dtype)
-    cot = jnp.asarray(rng.normal(size=(8, 64, 24)), dtype)
+    graphdef, state, x, cot = _linear_case(dtype, 24, 1.0, (0, 1), batch=8)
 
     def outputs(apply, params):
         return apply(nnx.merge(graphdef, params), x)
@@ -120,12 +128,7 @@ def test_dense_activation_is_rematerialised_with_the_same_numbers(dtype, activat
     # (XLA may keep a fused bfloat16 intermediate unrounded), while the forward keeps only
     # the matmul's output for it (not exact GELU's erfc intermediates).
     act = text._ACTIVATIONS[activation]
-    layer = nnx.Linear(16, 32, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(4))
-    layer.bias.set_value(jnp.linspace(-0.5, 0.5, 32))
-    graphdef, state = nnx.split(layer)
-    rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.normal(size=(4, 64, 16)), dtype)
-    cot = jnp.asarray(rng.normal(size=(4, 64, 32)), dtype)
+    graphdef, state, x, cot = _linear_case(dtype, 32, 0.5, (4, 5), batch=4)
 
     def plain(p, v):
         return act(text._dense(nnx.merge(graphdef, p), v))
