@@ -37,7 +37,8 @@ _ACTIVATIONS = {
 _HF_FIELD_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
                    "dropout_rate": "hidden_dropout_prob",
                    "attention_dropout_rate": "attention_probs_dropout_prob"}
-# Dropout is a training choice, not architecture: a preset may differ from config.json in it.
+# Training choices, not architecture (dropout rates, recomputing the activation): a preset
+# may differ from config.json in them.
 _NON_ARCHITECTURE_FIELDS = ("dropout_rate", "attention_dropout_rate", "remat_activation")
 
 
@@ -169,8 +170,7 @@ def _dense(layer: nnx.Linear, x: jax.Array, activation=None, *, remat: bool = Tr
     gradient on GPUs.
 
     With `remat`, the activation is rematerialised in the backward pass from the matmul's
-    output:
-    autodiff of the exact GELU keeps two full-size intermediates, erfc(-x/sqrt(2)) and
+    output. Autodiff of the exact GELU keeps two full-size intermediates, erfc(-x/sqrt(2)) and
     -x/sqrt(2), which on an H200 the forward kernel wrote beside its output (3 x 16 MB per
     RoBERTa-Large layer at 2,048 tokens; 24 kernels, 0.66 ms,
     `benchmarks/h200_profile_2026-11-26_b42f9cd_mlp.txt`) and the backward read again.
@@ -469,7 +469,8 @@ def from_pretrained(path, *, dtype=jnp.float32, max_length: int = 32,
                     config: TextEncoderConfig | None = None) -> tuple[TextEncoder, Tokenizer]:
     """(encoder, tokenizer) from a local Hugging Face folder; the encoder is in train mode.
 
-    `config` (e.g. a preset) is checked against the folder's config.json; its dropout rates win.
+    `config` (e.g. a preset) is checked against the folder's config.json; its training
+    settings (dropout rates, `remat_activation`) win.
     Dropout draws from a stream seeded 0: reseed with `nnx.reseed(encoder, dropout=seed)`.
     """
     folder = _local_folder(path)
