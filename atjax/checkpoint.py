@@ -18,6 +18,8 @@ import jax
 import optax
 import orbax.checkpoint as ocp
 
+from atjax.encoders import panns
+
 
 class Checkpoints:
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, best_metric: str | None,
@@ -62,21 +64,24 @@ class Checkpoints:
             return manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), input=ocp.args.JsonRestore()))
 
+        # A run saved by older code resumes rather than losing its progress: its state is
+        # tried in each older layout (OLDER_LAYOUTS) after the current one fails, and
+        # converted; a checkpoint that fits none gets the current layout's error.
         try:
             restored = attempt(abstract_state)
             state = restored.state
         except ValueError as error:
-            # Checkpoints written before the train state became plain dicts hold every
-            # dict leaf one level deeper, under "value" (how nnx.State flattened). Such a
-            # run resumes rather than losing its progress; anything else is re-raised.
-            try:
-                restored = attempt(_legacy_layout(abstract_state))
-            except ValueError:
+            for name, saved_form, to_current in OLDER_LAYOUTS:
+                try:
+                    restored = attempt(saved_form(abstract_state))
+                except ValueError:
+                    continue
+                state = to_current(restored.state)
+                logging.warning("step %d of %s was saved in an older layout (%s); restored "
+                                "it into the current one", step, manager.directory, name)
+                break
+            else:
                 raise error from None
-            state = _from_legacy_layout(restored.state)
-            logging.warning("step %d of %s has the older nnx.State layout (leaves under "
-                            "'value'); restored it into the current plain-dict layout",
-                            step, manager.directory)
         logging.info("restored step %d from %s", step, manager.directory)
         return state, dict(restored.input or {})
 
@@ -106,6 +111,27 @@ def _legacy_layout(tree: Any) -> Any:
 def _from_legacy_layout(tree: Any) -> Any:
     return jax.tree.map(lambda x: x["value"] if _is_legacy_leaf(x) else x, tree,
                         is_leaf=_is_legacy_leaf)
+
+
+def _nnx_hwio_layout(tree: Any) -> Any:
+    return _legacy_layout(panns.hwio_kernel_shapes(tree))
+
+
+def _from_nnx_hwio_layout(tree: Any) -> Any:
+    return panns.kernels_from_hwio(_from_legacy_layout(tree))
+
+
+# (name, the saved form of a state's shapes, the conversion of what was restored):
+#   - before the train state became plain dicts, every dict leaf sat one level deeper,
+#     under "value" (how nnx.State flattened);
+#   - before 2026-11-26 the audio encoder's conv kernels (and Adam's moments of them)
+#     were HWIO, now OHWI (atjax.encoders.panns.Conv);
+#   - and both.
+OLDER_LAYOUTS = (
+    ("nnx.State leaves under 'value'", _legacy_layout, _from_legacy_layout),
+    ("HWIO conv kernels", panns.hwio_kernel_shapes, panns.kernels_from_hwio),
+    ("nnx.State leaves and HWIO conv kernels", _nnx_hwio_layout, _from_nnx_hwio_layout),
+)
 
 
 def abstract_like(tree: Any, sharding=None) -> Any:

@@ -20,6 +20,7 @@ import sys
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -27,6 +28,7 @@ from atjax import checkpoint as ckpt_lib
 from atjax import inference
 from atjax import model as model_lib
 from atjax import train_step as step_lib
+from atjax.encoders import panns
 from atjax.encoders import text as text_lib
 
 BUNDLE_FORMAT = 1
@@ -104,6 +106,16 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path
     return out
 
 
+def _misshaped(tree, target) -> list[str]:
+    """The leaves of `tree` whose shape is not `target`'s (orbax restores what was saved)."""
+    got = {jax.tree_util.keystr(p): np.shape(x)
+           for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return [f"{key} {got.get(key)} (model wants {tuple(x.shape)})"
+            for key, x in ((jax.tree_util.keystr(p), x)
+                           for p, x in jax.tree_util.tree_leaves_with_path(target))
+            if got.get(key) != tuple(x.shape)]
+
+
 def _load_bundle(bundle: pathlib.Path) -> inference.Embedder:
     meta = json.loads((bundle / MARKER).read_text())
     if meta.get("format") != BUNDLE_FORMAT:
@@ -112,8 +124,17 @@ def _load_bundle(bundle: pathlib.Path) -> inference.Embedder:
     config = read_config(bundle / "config.json")
     config.model.text.path = str(bundle / "tokenizer")
     _, eval_def, params, batch_stats, _ = _abstract_model(config)
-    restored = ocp.StandardCheckpointer().restore(
-        bundle.absolute() / "params", {"params": params, "batch_stats": batch_stats})
+    target = {"params": params, "batch_stats": batch_stats}
+    restored = ocp.StandardCheckpointer().restore(bundle.absolute() / "params", target)
+    if _misshaped(restored, target):
+        # A bundle exported before the audio conv kernels became OHWI holds them HWIO.
+        older = panns.kernels_from_hwio(restored)
+        if _misshaped(older, target):
+            raise ValueError(f"{bundle}: parameters do not fit the model of its config.json: "
+                             + ", ".join(_misshaped(restored, target)[:10]))
+        logging.warning("%s holds HWIO conv kernels (exported before 2026-11-26); "
+                        "transposed them to OHWI", bundle)
+        restored = older
     params, batch_stats = restored["params"], restored["batch_stats"]
     model = model_lib.build(config.model, seed=config.seed)
     *_, rest = step_lib.split_model(model)

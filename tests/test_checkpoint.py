@@ -10,6 +10,7 @@ from flax import nnx
 
 from atjax import checkpoint as ckpt_lib
 from atjax import train_step as step_lib
+from atjax.encoders import panns
 
 
 def _states():
@@ -69,3 +70,40 @@ def test_wrong_shape_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError):
         checkpoints.restore(1, ckpt_lib.abstract_like(wrong))
     checkpoints.close()
+
+
+def _to_hwio(tree):
+    """A tree as code before 2026-11-26 saved it: conv kernels [kh, kw, in, out]."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.transpose(x, (1, 2, 3, 0)) if panns._is_conv_kernel(path, x) else x,
+        tree)
+
+
+@pytest.mark.parametrize("nnx_layout", [False, True], ids=["plain", "nnx-leaves"])
+def test_hwio_kernel_checkpoint_resumes(tmp_path, nnx_layout):
+    # A conv kernel [out, kh, kw, in] = [6, 3, 3, 4], a dense kernel and a bias, with Adam's
+    # moments made non-trivial; saved with the kernel and its moments HWIO (and, for the
+    # second case, every leaf under "value" as well), restored into the current layout.
+    rng = np.random.default_rng(0)
+    params = {"audio_encoder": {"conv": {"kernel": jnp.asarray(rng.normal(size=(6, 3, 3, 4)),
+                                                               jnp.float32)}},
+              "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32),
+                        "bias": jnp.zeros(5)}}
+    tx = optax.adam(1e-3)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    _, opt_state = tx.update(grads, tx.init(params), params)
+    current = step_lib.TrainState(step=jnp.asarray(5, jnp.int32), params=params,
+                                  batch_stats={}, opt_state=opt_state)
+    saved = _to_hwio(current)
+    assert saved.params["audio_encoder"]["conv"]["kernel"].shape == (3, 3, 4, 6)
+    if nnx_layout:
+        saved = ckpt_lib._legacy_layout(saved)
+    checkpoints = ckpt_lib.Checkpoints(tmp_path, keep=2, best_metric=None)
+    checkpoints.save(5, saved, {"epoch": 1}, force=True)
+    checkpoints.wait()
+    state, input_state = checkpoints.restore(5, ckpt_lib.abstract_like(current))
+    checkpoints.close()
+    assert input_state == {"epoch": 1} and int(state.step) == 5
+    assert jax.tree.structure(state) == jax.tree.structure(current)
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(current)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -2,10 +2,13 @@
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import soundfile
 
@@ -14,6 +17,7 @@ from atjax import config as config_lib
 from atjax import export as export_lib
 from atjax import testing
 from atjax import trainer as trainer_lib
+from atjax.encoders import panns
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXTS = ["A high beep before a low hum", "a low hum after a high beep", "rapid knocking"]
@@ -46,6 +50,22 @@ def test_bundle_round_trip_gives_the_trainers_embeddings(trained, tmp_path):
     assert model.embed_audio(audio[:1], 32000).shape == (1, model.embed_dim)  # resampled
     with pytest.raises(FileExistsError):
         export_lib.export(workdir, bundle)
+
+
+def test_bundle_with_hwio_kernels_loads(trained, tmp_path):
+    # A bundle exported before the audio conv kernels became OHWI holds them HWIO.
+    workdir, audio, audio_ref, _ = trained
+    bundle = export_lib.export(workdir, tmp_path / "bundle")
+    params = ocp.StandardCheckpointer().restore((bundle / "params").absolute())
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: np.asarray(x).transpose(1, 2, 3, 0)
+        if panns._is_conv_kernel(path, x) else x, params)
+    shutil.rmtree(bundle / "params")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((bundle / "params").absolute(), params)
+    checkpointer.wait_until_finished()
+    model = atjax.load(bundle)
+    np.testing.assert_allclose(model.embed_audio(audio, model.sample_rate), audio_ref, atol=1e-5)
 
 
 def test_load_rejects_what_is_not_a_model(tmp_path):

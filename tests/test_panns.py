@@ -9,6 +9,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -224,6 +225,48 @@ def test_length_errors():
 
 
 # ----------------------------------------------------------------------------- modes
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("size,cin,cout", [(3, 5, 7), (1, 4, 6), (3, 1, 8)])
+def test_conv_is_nnx_conv_with_an_ohwi_kernel(size, cin, cout, dtype):
+    # The kernel is stored [out, kh, kw, in] (cuDNN's layout for NHWC); initial values,
+    # outputs and gradients are nnx.Conv's, the kernel's gradient in the same layout.
+    want = nnx.Conv(cin, cout, (size, size), padding=size // 2, use_bias=False, dtype=dtype,
+                    param_dtype=jnp.float32, kernel_init=panns._xavier, rngs=nnx.Rngs(3))
+    got = panns.Conv(cin, cout, size, dtype=dtype, rngs=nnx.Rngs(3))
+    hwio = np.asarray(want.kernel.get_value())
+    assert got.kernel.get_value().shape == (cout, size, size, cin)
+    np.testing.assert_array_equal(np.asarray(got.kernel.get_value()), hwio.transpose(3, 0, 1, 2))
+    np.testing.assert_array_equal(np.asarray(got.hwio_kernel()), hwio)
+    x = jax.random.normal(jax.random.key(1), (2, 11, 9, cin))
+    cot = jax.random.normal(jax.random.key(2), (2, 11, 9, cout))
+
+    def grads(module):
+        graphdef, params = nnx.split(module, nnx.Param)
+
+        def f(params, x):
+            y = nnx.merge(graphdef, params, copy=True)(x)
+            return jnp.sum(y.astype(jnp.float32) * cot), y
+        return jax.grad(f, argnums=(0, 1), has_aux=True)(params, x)
+
+    (p_want, x_want), y_want = grads(want)
+    (p_got, x_got), y_got = grads(got)
+    assert y_got.dtype == y_want.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(y_got, np.float32), np.asarray(y_want, np.float32))
+    np.testing.assert_allclose(np.asarray(x_got), np.asarray(x_want), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(p_got["kernel"].get_value()),
+                               np.asarray(p_want["kernel"].get_value()).transpose(3, 0, 1, 2),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [SMALL, SMALL_BOTTLENECK], ids=["basic", "bottleneck"])
+def test_resnet_convolutions_store_ohwi_kernels(config):
+    model = panns.ResNet(config, rngs=nnx.Rngs(0))
+    kernels = {key: v.get_value().shape for key, v in panns._flat_state(model).items()
+               if key.endswith("kernel") and v.get_value().ndim == 4}
+    assert kernels["conv_block1.conv1.kernel"] == (config.stem_width, 3, 3, 1)
+    assert all(shape[1] == shape[2] in (1, 3) for shape in kernels.values()), kernels
 
 
 def test_batchnorm_matches_a_hand_computation():
@@ -453,6 +496,19 @@ def test_orbax_round_trip(tmp_path, small_state):
         np.testing.assert_array_equal(got["embedding"], want["embedding"])
     with pytest.raises(FileExistsError, match="not empty"):
         panns.save(model, tmp_path / "ckpt")
+    # A directory saved before the kernels became OHWI holds them HWIO; it still loads.
+    old = tmp_path / "hwio"
+    old.mkdir()
+    (old / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
+    arrays = {key: np.asarray(v.get_value()) for key, v in panns._flat_state(model).items()}
+    arrays = {key: x.transpose(1, 2, 3, 0) if key.endswith("kernel") and x.ndim == 4 else x
+              for key, x in arrays.items()}
+    assert arrays["conv_block1.conv1.kernel"].shape == (3, 3, 1, SMALL.stem_width)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((old / "state").absolute(), arrays)
+    checkpointer.wait_until_finished()
+    got = _numpy(_forward(panns.load(old), waveform))
+    np.testing.assert_array_equal(got["embedding"], want["embedding"])
     wider = panns.ResNetConfig(**{**SMALL.to_dict(), "embed_dim": 64})
     with pytest.raises(panns.CheckpointMismatchError, match="fc1.kernel"):
         panns.from_checkpoint(tmp_path / "ckpt", wider)

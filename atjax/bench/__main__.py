@@ -1,8 +1,10 @@
-"""`python -m atjax.bench {train_step,profile,search} ...`: benchmarks that print JSON lines.
+"""`python -m atjax.bench {train_step,profile,aot,search} ...`: benchmarks that print JSON lines.
 
 train_step: the real training step on synthetic batches (atjax.bench.train_step).
 profile:    where a training step's device time goes, by op category and model part
             (atjax.bench.profile).
+aot:        what the training step compiles to for an H100 or H200 that is not attached:
+            memory, kernels, traffic, copies and transposes (atjax.bench.aot).
 search:     exact / approximate search latency over generated embeddings (atjax.bench.search).
 """
 
@@ -11,13 +13,15 @@ import sys
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("train_step", "profile", "search"):
+    if not argv or argv[0] not in ("train_step", "profile", "aot", "search"):
         print(__doc__)
         return 2
     if argv[0] == "train_step":
         from atjax.bench import train_step as bench
     elif argv[0] == "profile":
         from atjax.bench import profile as bench
+    elif argv[0] == "aot":
+        from atjax.bench import aot as bench
     else:
         from atjax.bench import search as bench
     return bench.main(argv[1:])

@@ -122,6 +122,16 @@ def time_windows(setup: Setup, steps: int, repeats: int
     return steady, cold, dispatches
 
 
+def setting_config(config, head: str, dtype: str, batch_size: int):
+    """A copy of `config` with one setting's head, compute dtype and batch size."""
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.model.head = head
+    config.model.compute_dtype = dtype
+    config.batch_size = batch_size
+    return config
+
+
 def prepare(config, head: str, dtype: str, batch_size: int, text_length: int) -> Setup:
     import jax
     import numpy as np
@@ -130,11 +140,7 @@ def prepare(config, head: str, dtype: str, batch_size: int, text_length: int) ->
     from atjax import sharding
     from atjax import train_step as step_lib
 
-    config = config.copy_and_resolve_references()
-    config.unlock()
-    config.model.head = head
-    config.model.compute_dtype = dtype
-    config.batch_size = batch_size
+    config = setting_config(config, head, dtype, batch_size)
     m = config.model
     mesh = sharding.make_mesh()
     model = model_lib.build(m, seed=0)

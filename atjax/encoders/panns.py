@@ -243,9 +243,70 @@ class BatchNorm(nnx.Module):
         return (x32 * multiplier + offset).astype(self.dtype)
 
 
-def _conv(in_features: int, out_features: int, size: int, dtype, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(in_features, out_features, (size, size), padding=size // 2, use_bias=False,
-                    dtype=dtype, param_dtype=jnp.float32, kernel_init=_xavier, rngs=rngs)
+class Conv(nnx.Module):
+    """A square, stride-1, "same"-padded convolution without bias, its kernel stored OHWI.
+
+    `kernel` is [out, kh, kw, in], the layout in which XLA:GPU hands NHWC convolutions to
+    cuDNN and in which cuDNN returns the kernel gradient. Stored as nnx.Conv's HWIO, every
+    kernel was transposed on its way into each convolution and its gradient on its way
+    back, and the optimizer's kernels for the transposed gradients could not update the
+    donated parameter and moment buffers in place, so XLA wrote them elsewhere and copied
+    them back: on an H200 (b42f9cd profile) 0.6 ms of transposing Adam kernels at 0.9 TB/s
+    and 0.5 ms of copies a step. The initial values are nnx.Conv's (the same key, drawn in
+    HWIO and transposed), and so are the outputs.
+    """
+
+    def __init__(self, in_features: int, out_features: int, size: int, *, dtype,
+                 rngs: nnx.Rngs):
+        hwio = _xavier(rngs.params(), (size, size, in_features, out_features), jnp.float32)
+        self.kernel = nnx.Param(jnp.transpose(hwio, (3, 0, 1, 2)))
+        self.dtype = dtype
+        self.padding = size // 2
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x, kernel = nnx.nn.dtypes.promote_dtype((x, self.kernel.get_value()), dtype=self.dtype)
+        pad = [(self.padding, self.padding)] * 2
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), pad,
+                                            dimension_numbers=("NHWC", "OHWI", "NHWC"))
+
+    def hwio_kernel(self) -> jax.Array:
+        """The kernel as [kh, kw, in, out] (nnx.Conv's and atjax.tap_conv's layout)."""
+        return jnp.transpose(self.kernel.get_value(), (1, 2, 3, 0))
+
+
+# Parameters saved before the kernels became OHWI (2026-11-26) hold nnx.Conv's HWIO
+# kernels: trainer checkpoints, export bundles and `save` directories. Their readers
+# restore them through these two, so that no run or model is lost to the change.
+
+
+def _is_conv_kernel(path, x) -> bool:
+    """A 4-D leaf named "kernel" (a tree's conv kernel, or Adam's moments of one); a flat
+    dict's key "stages.0.1.conv1.kernel" counts too."""
+    if not path or len(getattr(x, "shape", ())) != 4:
+        return False
+    last = path[-1]
+    key = getattr(last, "key", getattr(last, "name", last))
+    return isinstance(key, str) and key.split(".")[-1] == "kernel"
+
+
+def hwio_kernel_shapes(tree):
+    """`tree` of shapes with each conv kernel's as it was saved before the change."""
+    def old(path, x):
+        if not _is_conv_kernel(path, x):
+            return x
+        o, h, w, i = x.shape
+        return jax.ShapeDtypeStruct((h, w, i, o), x.dtype, sharding=getattr(x, "sharding", None))
+    return jax.tree_util.tree_map_with_path(old, tree)
+
+
+def kernels_from_hwio(tree):
+    """`tree` restored from such a save, each conv kernel transposed to OHWI."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.transpose(x, (3, 0, 1, 2)) if _is_conv_kernel(path, x) else x, tree)
+
+
+def _conv(in_features: int, out_features: int, size: int, dtype, rngs: nnx.Rngs) -> Conv:
+    return Conv(in_features, out_features, size, dtype=dtype, rngs=rngs)
 
 
 def _avg_pool_2x2(x: jax.Array) -> jax.Array:
@@ -271,7 +332,7 @@ class ConvBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, *, pool: bool) -> jax.Array:
         if self.taps:
-            x = tap_conv_lib.tap_conv(x, self.conv1.kernel.get_value(), self.conv1.dtype)
+            x = tap_conv_lib.tap_conv(x, self.conv1.hwio_kernel(), self.conv1.dtype)
         else:
             x = self.conv1(x)
         x = nnx.relu(self.bn1(x))
@@ -459,11 +520,11 @@ class ResNet(nnx.Module):
 # ----------------------------------------------------------------------------- PANNs layout
 #
 # The PyTorch state dict names every tensor by module path; conv weights are (out, in, kh,
-# kw) where Flax wants (kh, kw, in, out), and linear weights (out, in) for Flax's (in, out).
+# kw) where `Conv` wants (out, kh, kw, in), and linear weights (out, in) for Flax's (in, out).
 
 
 def _conv_to_flax(w: np.ndarray) -> np.ndarray:
-    return w.transpose(2, 3, 1, 0)
+    return w.transpose(0, 2, 3, 1)
 
 
 def _linear_to_flax(w: np.ndarray) -> np.ndarray:
@@ -486,7 +547,7 @@ class _Slot:
 def _torch_shape(variable: nnx.Variable, to_flax) -> tuple[int, ...]:
     shape = variable.get_value().shape
     if to_flax is _conv_to_flax:
-        return (shape[3], shape[2], shape[0], shape[1])
+        return (shape[0], shape[3], shape[1], shape[2])
     if to_flax is _linear_to_flax:
         return shape[::-1]
     return tuple(shape)
@@ -499,7 +560,7 @@ def _panns_layout(model: ResNet) -> dict[str, _Slot]:
     def put(key, variable, to_flax=_as_is):
         slots[key] = _Slot(variable, _torch_shape(variable, to_flax), to_flax)
 
-    def conv(prefix, layer: nnx.Conv):
+    def conv(prefix, layer: Conv):
         put(f"{prefix}.weight", layer.kernel, _conv_to_flax)
 
     def norm(prefix, layer: BatchNorm):
@@ -710,8 +771,14 @@ def load(directory, config: ResNetConfig | None = None, *, dtype=jnp.float32) ->
     model = _unfilled_model(config, dtype)
     variables = _flat_state(model)
     restored = ocp.StandardCheckpointer().restore(state_path)
-    _compare_keys({key: tuple(v.get_value().shape) for key, v in variables.items()}, restored,
-                  str(state_path))
+    wanted = {key: tuple(v.get_value().shape) for key, v in variables.items()}
+    if any(np.shape(restored.get(key)) != shape for key, shape in wanted.items()):
+        older = kernels_from_hwio(restored)  # saved before the kernels became OHWI?
+        if all(np.shape(older.get(key)) == shape for key, shape in wanted.items()):
+            logging.warning("%s holds HWIO conv kernels (saved before 2026-11-26); "
+                            "transposed them to OHWI", state_path)
+            restored = older
+    _compare_keys(wanted, restored, str(state_path))
     for key, variable in variables.items():
         variable.set_value(jnp.asarray(np.asarray(restored[key]), jnp.float32))
     model.eval()

@@ -1,0 +1,108 @@
+"""`atjax.bench aot`: the compiled step's summary on a hand-written module (counts and
+traffic checked by hand), the GPU target descriptions, and the command end to end on the
+attached CPU devices at a tiny size (a GPU target needs JAX's CUDA plugin, which the test
+environment does not install)."""
+
+import json
+
+import pytest
+
+from atjax.bench import aot
+
+TINY = "configs/synthetic.py:size=tiny"
+
+# A GPU-style entry computation: a forward fusion, a cuDNN convolution with its workspace,
+# an optimizer fusion whose hero is a transpose (a multi-output Adam kernel), the copy of
+# one of its outputs into the donated buffer, and buffer-naming instructions that launch
+# nothing. A second computation (the fusion's body) must not be counted.
+MODULE = """HloModule jit_train_step
+
+%fused_transpose (p0: f32[8,4], p1: f32[4,8]) -> (f32[4,8], f32[4,8]) {
+  %p0 = f32[8,4]{1,0} parameter(0)
+  %t = f32[4,8]{1,0} transpose(%p0), dimensions={1,0}
+  %p1 = f32[4,8]{1,0} parameter(1)
+  %s = f32[4,8]{1,0} subtract(%p1, %t)
+  ROOT %r = (f32[4,8]{1,0}, f32[4,8]{1,0}) tuple(%s, %t)
+}
+
+%fused_relu (q0: bf16[2,8,10,10]) -> bf16[2,8,10,10] {
+  %q0 = bf16[2,8,10,10]{3,2,1,0} parameter(0)
+  %z = bf16[2,8,10,10]{3,2,1,0} constant(0)
+  ROOT %m = bf16[2,8,10,10]{3,2,1,0} maximum(%q0, %z), metadata={op_name="jit(train_step)/jvp(audio_encoder)/stage1/max"}
+}
+
+ENTRY %main.9 (x.1: bf16[2,8,10,10], w.1: bf16[16,3,3,8], g.1: f32[8,4], p.1: f32[4,8]) -> (f32[4,8], bf16[2,16,10,10]) {
+  %x.1 = bf16[2,8,10,10]{3,2,1,0} parameter(0)
+  %w.1 = bf16[16,3,3,8]{3,2,1,0} parameter(1)
+  %g.1 = f32[8,4]{1,0} parameter(2)
+  %p.1 = f32[4,8]{1,0} parameter(3)
+  %loop_maximum_fusion = bf16[2,8,10,10]{3,2,1,0} fusion(%x.1), kind=kLoop, calls=%fused_relu
+  %cudnn-conv.1 = (bf16[2,16,10,10]{3,2,1,0}, u8[4096]{0}) custom-call(%loop_maximum_fusion, %w.1), window={size=3x3 pad=1_1x1_1}, dim_labels=bf01_o01i->bf01, custom_call_target="__cudnn$convForward", metadata={op_name="jit(train_step)/transpose(jvp(audio_encoder))/stage1/conv_general_dilated"}
+  %get-tuple-element.1 = bf16[2,16,10,10]{3,2,1,0} get-tuple-element(%cudnn-conv.1), index=0
+  %input_transpose_fusion = (f32[4,8]{1,0}, f32[4,8]{1,0}) fusion(%g.1, %p.1), kind=kInput, calls=%fused_transpose, metadata={op_name="jit(train_step)/optimizer/mul"}
+  %get-tuple-element.2 = f32[4,8]{1,0} get-tuple-element(%input_transpose_fusion), index=0
+  %copy.1 = f32[4,8]{1,0} copy(%get-tuple-element.2)
+  %bitcast.1 = f32[32]{0} bitcast(%copy.1)
+  ROOT %tuple.1 = (f32[4,8]{1,0}, bf16[2,16,10,10]{3,2,1,0}) tuple(%copy.1, %get-tuple-element.1)
+}
+"""
+
+
+def test_summary_of_a_hand_written_module():
+    s = aot.module_summary(MODULE)
+    image, conv_out = 2 * 8 * 10 * 10 * 2, 2 * 16 * 10 * 10 * 2
+    relu = image + image
+    conv = image + 16 * 3 * 3 * 8 * 2 + conv_out  # the u8 workspace left out
+    adam = 8 * 4 * 4 + 4 * 8 * 4 + 2 * (4 * 8 * 4)
+    copy = 2 * (4 * 8 * 4)
+    assert s["kernels"] == 4  # relu, conv, transpose fusion, copy; not the bitcast
+    assert s["kernels_by_category"] == {"elementwise": 2, "convolution": 1, "layout copy": 1}
+    assert s["traffic_gb"] == pytest.approx((relu + conv + adam + copy) / 1e9, abs=1e-6)
+    assert s["copies"] == 1 and s["copies_gb"] == pytest.approx(copy / 1e9, abs=1e-6)
+    assert s["transposes"] == 1 and s["transposes_gb"] == pytest.approx(adam / 1e9, abs=1e-6)
+    parts = s["traffic_gb_by_part"]
+    assert parts["audio_encoder/stage1"]["forward"] == pytest.approx(relu / 1e9, abs=1e-6)
+    assert parts["audio_encoder/stage1"]["backward"] == pytest.approx(conv / 1e9, abs=1e-6)
+    assert parts["optimizer"]["forward"] == pytest.approx(adam / 1e9, abs=1e-6)
+    assert parts["other"]["forward"] == pytest.approx(copy / 1e9, abs=1e-6)  # a copy has no scope
+
+
+def test_a_module_without_entry_is_refused():
+    with pytest.raises(ValueError, match="ENTRY"):
+        aot.module_summary(MODULE.replace("ENTRY ", ""))
+
+
+@pytest.mark.parametrize("name,bandwidth", [("h100", 3_352_320_000_000),
+                                            ("h200", 4_800_000_000_000)])
+def test_target_descriptions(name, bandwidth):
+    text = aot.target_config(name)
+    assert f"memory_bandwidth: {bandwidth}" in text
+    assert "core_count: 132" in text and "cuda_compute_capability { major: 9 minor: 0 }" in text
+    assert 'platform_name: "CUDA"' in text
+    # Balanced braces: the protobuf text parser rejects anything else.
+    assert text.count("{") == text.count("}") == 4
+    with pytest.raises(ValueError, match="unknown target"):
+        aot.target_config("a100")
+
+
+def test_command_compiles_the_step_for_the_attached_devices(tmp_path, capsys):
+    out = tmp_path / "aot.jsonl"
+    assert aot.main(["--target", "local", "--config", TINY, "--heads", "mlp,transformer",
+                     "--dtypes", "float32", "--batch_size", "8", "--text_length", "8",
+                     "--config.compute_weight_copies=True", "--out", str(out),
+                     "--hlo", str(tmp_path / "hlo")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["head"] for r in lines] == ["mlp", "transformer"]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == lines
+    for r in lines:
+        assert r["bench"] == "aot" and r["target"] == "local" and r["dtype"] == "float32"
+        assert r["overrides"] == ["compute_weight_copies=True"]
+        assert r["kernels"] == sum(r["kernels_by_category"].values()) > 0
+        assert r["traffic_gb"] == pytest.approx(
+            sum(r["traffic_gb_by_category"].values()), abs=1e-2)
+        parts = r["traffic_gb_by_part"]
+        for part in ("optimizer", "loss", "text_encoder/layers", "audio_encoder/stage1"):
+            assert sum(parts[part].values()) > 0, part
+        assert parts["audio_encoder/stage1"]["backward"] > 0
+        assert r["argument_gib"] > 0
+    assert len(list((tmp_path / "hlo").glob("*.hlo.txt.gz"))) == 2
