@@ -18,8 +18,8 @@ peak memory was 0.7 GiB under the allocator's peak on an H200 (13.08 against 13.
 for the defaults at b42f9cd's model). Its use: to see, without a GPU, what a change does
 to the compiled step before a GPU session times it.
 
-A GPU target needs JAX's CUDA plugin at jaxlib's version (`pip install
-jax-cuda12-plugin==<jaxlib version>`; its CUDA libraries are not needed to compile);
+A GPU target needs JAX's CUDA plugin at jaxlib's version, not its CUDA libraries (`pip
+install --no-deps jax-cuda12-plugin==V jax-cuda12-pjrt==V`, V = jaxlib.__version__);
 `--target local` compiles for the attached devices instead, e.g. on a GPU machine or, to
 check the command, on a CPU. `--hlo DIR` also writes each setting's compiled module.
 
@@ -93,8 +93,9 @@ def target_devices(target: str, count: int = 1) -> list:
     except Exception as e:  # no CUDA plugin: the message says which one to install
         import jaxlib
         raise RuntimeError(
-            f"compiling for {target} needs JAX's CUDA plugin: pip install "
-            f"jax-cuda12-plugin=={jaxlib.__version__} ({type(e).__name__}: {e})") from e
+            f"compiling for {target} needs JAX's CUDA plugin: pip install --no-deps "
+            f"jax-cuda12-plugin=={jaxlib.__version__} jax-cuda12-pjrt=={jaxlib.__version__} "
+            f"({type(e).__name__}: {e})") from e
     return list(topology.devices)
 
 
