@@ -130,8 +130,10 @@ def _load_bundle(bundle: pathlib.Path) -> inference.Embedder:
         # A bundle exported before the audio conv kernels became OHWI holds them HWIO.
         older = panns.kernels_from_hwio(restored)
         if _misshaped(older, target):
-            raise ValueError(f"{bundle}: parameters do not fit the model of its config.json: "
-                             + ", ".join(_misshaped(restored, target)[:10]))
+            # Name the leaves that neither layout explains (the fewer misfits).
+            misfits = min(_misshaped(restored, target), _misshaped(older, target), key=len)
+            raise ValueError(f"{bundle}: parameters do not fit the model of its config.json "
+                             f"({len(misfits)} leaves): " + ", ".join(misfits[:10]))
         logging.warning("%s holds HWIO conv kernels (exported before 2026-11-26); "
                         "transposed them to OHWI", bundle)
         restored = older

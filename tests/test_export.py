@@ -66,6 +66,13 @@ def test_bundle_with_hwio_kernels_loads(trained, tmp_path):
     checkpointer.wait_until_finished()
     model = atjax.load(bundle)
     np.testing.assert_allclose(model.embed_audio(audio, model.sample_rate), audio_ref, atol=1e-5)
+    # Parameters that no layout explains are refused by name, not loaded.
+    params["params"]["log_logit_scale"] = np.zeros(3, np.float32)
+    shutil.rmtree(bundle / "params")
+    checkpointer.save((bundle / "params").absolute(), params)
+    checkpointer.wait_until_finished()
+    with pytest.raises(ValueError, match="log_logit_scale"):
+        atjax.load(bundle)
 
 
 def test_load_rejects_what_is_not_a_model(tmp_path):

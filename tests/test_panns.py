@@ -509,6 +509,13 @@ def test_orbax_round_trip(tmp_path, small_state):
     checkpointer.wait_until_finished()
     got = _numpy(_forward(panns.load(old), waveform))
     np.testing.assert_array_equal(got["embedding"], want["embedding"])
+    # With one more misfit, the error names it alone, not the kernels HWIO explains.
+    arrays["fc1.bias"] = np.zeros(3, np.float32)
+    checkpointer.save((tmp_path / "hwio-bad" / "state").absolute(), arrays)
+    checkpointer.wait_until_finished()
+    (tmp_path / "hwio-bad" / "config.json").write_text((old / "config.json").read_text())
+    with pytest.raises(panns.CheckpointMismatchError, match=r"wrong shape \(1\): fc1.bias"):
+        panns.load(tmp_path / "hwio-bad")
     wider = panns.ResNetConfig(**{**SMALL.to_dict(), "embed_dim": 64})
     with pytest.raises(panns.CheckpointMismatchError, match="fc1.kernel"):
         panns.from_checkpoint(tmp_path / "ckpt", wider)

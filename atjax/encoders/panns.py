@@ -772,9 +772,13 @@ def load(directory, config: ResNetConfig | None = None, *, dtype=jnp.float32) ->
     variables = _flat_state(model)
     restored = ocp.StandardCheckpointer().restore(state_path)
     wanted = {key: tuple(v.get_value().shape) for key, v in variables.items()}
-    if any(np.shape(restored.get(key)) != shape for key, shape in wanted.items()):
+
+    def misfits(tree) -> int:
+        return sum(np.shape(tree.get(key)) != shape for key, shape in wanted.items())
+
+    if misfits(restored):
         older = kernels_from_hwio(restored)  # saved before the kernels became OHWI?
-        if all(np.shape(older.get(key)) == shape for key, shape in wanted.items()):
+        if misfits(older) < misfits(restored):  # then any error names only the rest
             logging.warning("%s holds HWIO conv kernels (saved before 2026-11-26); "
                             "transposed them to OHWI", state_path)
             restored = older
