@@ -106,3 +106,13 @@ def test_command_compiles_the_step_for_the_attached_devices(tmp_path, capsys):
         assert parts["audio_encoder/stage1"]["backward"] > 0
         assert r["argument_gib"] > 0
     assert len(list((tmp_path / "hlo").glob("*.hlo.txt.gz"))) == 2
+
+
+def test_a_setting_that_fails_is_reported_and_the_rest_run(capsys):
+    assert aot.main(["--target", "local", "--config", TINY, "--heads", "mlp",
+                     "--dtypes", "float16,float32", "--batch_size", "8",
+                     "--text_length", "8"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["dtype"] for r in lines] == ["float16", "float32"]
+    assert "error" in lines[0] and "kernels" not in lines[0]
+    assert "error" not in lines[1] and lines[1]["kernels"] > 0

@@ -278,9 +278,18 @@ def main(argv=None) -> int:
     devices = target_devices(args.target, args.devices)
     for head in args.heads.split(","):
         for dtype in args.dtypes.split(","):
-            result = run_setting(config, head, dtype, args, devices)
+            try:
+                result = run_setting(config, head, dtype, args, devices)
+            except Exception as e:  # one setting that does not compile must not hide the rest
+                result = {"bench": "aot", "target": args.target, "head": head, "dtype": dtype,
+                          "overrides": list(args.overrides),
+                          "error": f"{type(e).__name__}: {str(e)[:500]}"}
+                if "output tile sizes" in str(e):  # Triton tiling without autotuning
+                    result["hint"] = ("rerun with XLA_FLAGS=--xla_gpu_enable_triton_gemm="
+                                      "false (cuBLAS for every matmul)")
             print(json.dumps(result), flush=True)
-            print(format_result(result), file=sys.stderr, flush=True)
+            if "error" not in result:
+                print(format_result(result), file=sys.stderr, flush=True)
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(result) + "\n")
