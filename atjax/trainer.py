@@ -26,6 +26,7 @@ from flax import nnx
 
 from atjax import checkpoint as ckpt_lib
 from atjax import config as config_lib
+from atjax import host_gc
 from atjax import inference
 from atjax import model as model_lib
 from atjax import sharding
@@ -239,12 +240,21 @@ class Trainer:
                         f"checkpoint in {self.workdir / 'checkpoints'} is kept unchanged")
             return values
 
+        # The collector's full runs would stall the host between steps (atjax.host_gc):
+        # what exists now (libraries, model, state) is exempted, again after the first
+        # step's compilation, and the runs that still happen are logged.
+        host_gc.freeze()
+        pauses = host_gc.Pauses()
+        pauses.install()
+        first_step = step
         try:
             while step < c.total_steps:
                 batch = sharding.global_batch(next(self.input), self.mesh)
                 self.state, metrics = self.step_fn(self.state, batch, self.rest,
                                                    self.base_key)
                 step += 1
+                if step == first_step + 1:
+                    host_gc.freeze()
                 if pending is not None:
                     values = check(pending)
                     if pending[0] % c.log_every_steps == 0:
@@ -252,6 +262,7 @@ class Trainer:
                         rate = (pending[0] - last_step) * c.batch_size / (now - last_time)
                         values["learning_rate"] = float(schedule(pending[0] - 1))
                         values["examples_per_second"] = rate
+                        values.update(pauses.take())
                         writer.write(pending[0], values)
                         last_time, last_step = now, pending[0]
                         if bar is not None:
@@ -305,8 +316,11 @@ class Trainer:
                     values["learning_rate"] = float(schedule(pending[0] - 1))
                     values["examples_per_second"] = (
                         (pending[0] - last_step) * c.batch_size / (now - last_time))
+                    values.update(pauses.take())
                     writer.write(pending[0], values)
         finally:
+            pauses.remove()
+            host_gc.thaw()
             self.checkpoints.wait()
             writer.close()
             if bar is not None:

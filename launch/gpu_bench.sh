@@ -17,7 +17,10 @@
 # far its figures move between processes).
 # Seen on an H200 (2026-11-26): the first setting compiles in 90-130 s, four to six others
 # in parallel in 165-230 s, and each timed setting then took about 27 s with windows of 10
-# steps (windows of 20 and 40 now: about 6 s more).
+# steps (windows of 20 and 40 now: about 6 s more). At 56115ca: 121 s for the first
+# compile, six others in parallel in 186 s, 30-40 s per timed setting (the profiled one
+# about 60 s): four settings in a 470 s budget, and a machine that went back after its
+# 30 s idle took the second call's start and cache with it.
 # Timing runs start while BUDGET_S seconds (default 480) have not passed, so that the
 # whole call ends inside the device tool's 10-minute limit; skipped ones are listed. Run
 # again at once with the skipped ones, while the machine is warm: their compiled steps are
@@ -34,16 +37,16 @@ config=${2:-configs/paper.py:table1-roberta-large}
 shift $(( $# >= 2 ? 2 : 1 ))
 settings=("$@")
 [ ${#settings[@]} -gt 0 ] || settings=(
-  # Everything not yet timed, profiled: the taps stem in its second form (bfloat16 output
-  # behind a barrier, the kernel gradient as a blocked matmul) and bfloat16 weight copies;
-  # then the defaults (profiled too, as the baseline); then each change alone, by priority.
-  mlp:bfloat16:model.audio.stem_conv=taps,compute_weight_copies=True
+  # The paper config's defaults since 56115ca's session (taps stem, bfloat16 weight
+  # copies), profiled; then the defaults before it (profiled too, as the baseline); then
+  # each change alone; the Transformer head against the 15 GiB reference; the defaults
+  # again in another process, to show how far one setting moves between processes.
   mlp:bfloat16                                        # the defaults
-  mlp:bfloat16:model.audio.stem_conv=taps
-  transformer:bfloat16:model.audio.stem_conv=taps,compute_weight_copies=True  # vs 15 GiB
-  mlp:bfloat16:model.text.remat_activation=False      # the new bf16 default, undone
-  mlp:bfloat16:compute_weight_copies=True
-  mlp:bfloat16:model.audio.stem_conv=taps,compute_weight_copies=True,model.dropout_mask_bits=16
+  mlp:bfloat16:model.audio.stem_conv=conv,compute_weight_copies=False
+  mlp:bfloat16:compute_weight_copies=False            # taps alone
+  transformer:bfloat16                                # vs 15 GiB
+  mlp:bfloat16:model.text.remat_activation=False      # the bf16 default, undone
+  mlp:bfloat16                                        # the defaults again
 )
 budget=${BUDGET_S:-480}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/atjax-jax-cache}
@@ -137,7 +140,7 @@ fi
 echo "total $(( SECONDS - start )) s"
 python3 - "$out/bench.jsonl" <<'EOF'
 import json, sys
-print(f"{'setting':<58} {'step ms':>8} {'window':>8} {'sync ms':>8} {'host ms':>8} {'clips/s':>8} {'TFLOP/s':>8} {'GiB':>6} {'comp s':>6}")
+print(f"{'setting':<58} {'step ms':>8} {'window':>8} {'sync ms':>8} {'host ms':>8} {'clips/s':>8} {'TFLOP/s':>8} {'GiB':>6} {'comp s':>6} {'gc full':>7}")
 for line in open(sys.argv[1]):
     r = json.loads(line)
     name = ":".join([r["head"], r["dtype"], *r.get("overrides", [])])
@@ -147,7 +150,7 @@ for line in open(sys.argv[1]):
         print(f"{name:<58} error: {r['error'][:60]}"); continue
     print(f"{name:<58} {r['step_ms']:8.2f} {r.get('step_ms_window') or 0:8.2f} {r['step_ms_sync'] or 0:8.2f} {r['dispatch_ms']:8.2f} "
           f"{r['clips_per_s']:8.1f} {r['achieved_tflops']:8.1f} {r['peak_memory_gib'] or 0:6.2f} "
-          f"{r.get('compile_s', 0):6.1f}")
+          f"{r.get('compile_s', 0):6.1f} {r.get('gc_full', '-'):>7}")
     if "profile_error" in r:
         print(f"  (profile failed: {r['profile_error'][:100]})")
 EOF

@@ -271,7 +271,11 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
         "profile_b.txt", "step.hlo.txt.gz", "trace.xplane.pb.gz"]
     table = result.stdout.splitlines()
     assert table[-6].startswith("setting") and "error" in table[-3]
-    assert table[-2].endswith(f"{lines[3]['compile_s']:6.1f}") and "@--xla_cpu" in table[-2]
+    assert table[-2].endswith(f"{lines[3]['compile_s']:6.1f} {lines[3]['gc_full']:>7}")
+    assert "@--xla_cpu" in table[-2]
+    # The windows are timed with the heap frozen: the collector's runs are counted.
+    assert all(r["gc_collections"] >= r["gc_full"] >= 0 and r["gc_ms"] >= 0
+               for r in lines if "error" not in r)
 
 
 def test_summary_of_unannotated_kernels():

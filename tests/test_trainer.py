@@ -62,6 +62,17 @@ def reference_run(tmp_path_factory):
     out = workdir / "params.npz"
     r = _run(workdir / "run", 3, "--save_params", out)
     assert r.returncode == 0, r.stderr[-3000:]
+    # The heap is frozen while training (atjax.host_gc) and handed back afterwards; every
+    # logged step says how often the collector still ran.
+    frozen = int(r.stdout.split("gc_frozen_while_training=")[1].split()[0])
+    assert frozen > 10_000, r.stdout[-500:]  # the libraries and the model, at least
+    assert "gc_frozen=0" in r.stdout, r.stdout[-500:]
+    logged = [json.loads(l) for l in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [rec for rec in logged if "loss" in rec]
+    assert len(logged) == 3
+    for rec in logged:
+        assert {"gc_collections", "gc_full", "gc_ms"} <= rec.keys(), rec
+        assert rec["gc_ms"] >= 0 and rec["gc_full"] <= rec["gc_collections"]
     return workdir / "run", _params(out)
 
 

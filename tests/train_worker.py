@@ -50,8 +50,12 @@ def main():
         # weight in opposite directions. A larger eps keeps the comparison about the step.
         "optimizer.eps=1e-3", *args.override])
 
+    import gc
+    frozen_while_training = []  # the heap's frozen objects as each batch is drawn
+
     class Input(testing.ArrayInput):
         def __next__(self):
+            frozen_while_training.append(gc.get_freeze_count())
             if args.step_sleep:
                 time.sleep(args.step_sleep)
             batch = super().__next__()
@@ -74,7 +78,9 @@ def main():
                   for p, v in leaves}
         np.savez(args.save_params, **arrays)
     copies = len(jax.tree.leaves(trainer.state.weight_copies))
-    print(f"DONE step={result.step} preempted={result.preempted} copies={copies}", flush=True)
+    print(f"DONE step={result.step} preempted={result.preempted} copies={copies} "
+          f"gc_frozen_while_training={min(frozen_while_training, default=0)} "
+          f"gc_frozen={gc.get_freeze_count()}", flush=True)
     return 0
 
 

@@ -1,10 +1,12 @@
-"""`python -m atjax.bench {train_step,profile,aot,search} ...`: benchmarks that print JSON lines.
+"""`python -m atjax.bench {train_step,profile,aot,host_gc,search} ...`: benchmarks that print JSON lines.
 
 train_step: the real training step on synthetic batches (atjax.bench.train_step).
 profile:    where a training step's device time goes, by op category and model part
             (atjax.bench.profile).
 aot:        what the training step compiles to for an H100 or H200 that is not attached:
             memory, kernels, traffic, copies and transposes (atjax.bench.aot).
+host_gc:    how long Python's garbage collector stops a training process's host, with and
+            without the heap frozen (atjax.bench.host_gc).
 search:     exact / approximate search latency over generated embeddings (atjax.bench.search).
 """
 
@@ -13,7 +15,7 @@ import sys
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("train_step", "profile", "aot", "search"):
+    if not argv or argv[0] not in ("train_step", "profile", "aot", "host_gc", "search"):
         print(__doc__)
         return 2
     if argv[0] == "train_step":
@@ -22,6 +24,8 @@ def main(argv=None) -> int:
         from atjax.bench import profile as bench
     elif argv[0] == "aot":
         from atjax.bench import aot as bench
+    elif argv[0] == "host_gc":
+        from atjax.bench import host_gc as bench
     else:
         from atjax.bench import search as bench
     return bench.main(argv[1:])

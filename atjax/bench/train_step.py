@@ -22,6 +22,14 @@ step that asynchronous dispatch must hide. `dispatch_ms_queued` is the same in t
 back-to-back windows, where a call also waits for room in the device's queue once the
 host is ahead: there it equals the step time when the device is the bottleneck.
 
+Python's garbage collector: a full collection walks every object of the process
+(0.1 s with the paper's model built, 0.35-0.4 s with the trainer's modules too, on the
+2-core CPU machine) and comes about every hundred steps. In the first H200 session to run
+`step_ms` (56115ca), what a window paid once ranged from -85 to +213 ms between repeats of
+one setting, pauses of that size. The timed windows now run with the heap frozen
+(atjax.host_gc, as the trainer does), and `gc_collections`, `gc_full` (generation 2) and
+`gc_ms` count the collector's runs inside them.
+
 `--profile DIR` then also traces a few steps and writes where the device time went
 (atjax.bench.profile) to DIR.
 
@@ -178,6 +186,7 @@ def xla_flops(compiled) -> float | None:
 def run_setting(config, head: str, dtype: str, args) -> dict:
     import jax
 
+    from atjax import host_gc
     from atjax.bench import flops as flops_lib
 
     def progress(message):  # stderr, so stdout stays one JSON line per setting
@@ -194,9 +203,15 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     progress(f"compiled in {setup.compile_s:.1f} s; timing {args.repeats} x {args.steps} "
              f"steps after {args.warmup} warm-up steps")
     setup.run(args.warmup)
-    windows, cold_windows, dispatches = time_windows(setup, args.steps, args.repeats)
-    sync, sync_dispatches = (setup.run(args.sync_steps, sync=True) if args.sync_steps
-                             else ([], []))
+    # As the trainer does: the objects alive now never stall a timed window in a full
+    # collection of Python's garbage collector (atjax.host_gc); the runs left are counted.
+    host_gc.freeze()
+    with host_gc.Pauses() as pauses:
+        windows, cold_windows, dispatches = time_windows(setup, args.steps, args.repeats)
+        gc_counts = pauses.take()
+        sync, sync_dispatches = (setup.run(args.sync_steps, sync=True) if args.sync_steps
+                                 else ([], []))
+    host_gc.thaw()
     loss = float(setup.metrics["loss"])
     profiled = {}
     progress(f"{statistics.median(windows) * 1e3:.2f} ms per step")
@@ -246,6 +261,8 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
         if "peak_bytes_in_use" in stats else None,
         "compile_s": round(setup.compile_s, 1),
         "loss": round(loss, 4),
+        # Python's garbage collector in the timed windows (all of them together).
+        **gc_counts,
         **profiled,
     }
 
