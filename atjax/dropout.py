@@ -4,23 +4,43 @@
 `.eval()`) with one setting, `mask_bits`:
 
   32 (default): exactly nnx.Dropout, one 32-bit draw per element.
-  16: each 32-bit draw decides two elements, one per half. The drop probability becomes
-      round(rate * 2**16) / 2**16 (0.1 -> 0.1000061, 0.2 -> 0.1999969, 0.5 exact), and the
-      kept values are scaled by the inverse of that keep probability, so the expectation
-      is exact.
+  16: one threefry2x32 hash (64 bits) decides four neighbouring elements, 16 bits each.
+      The drop probability becomes round(rate * 2**16) / 2**16 (0.1 -> 0.1000061, 0.2 ->
+      0.1999969, 0.5 exact), and the kept values are scaled by the inverse of that keep
+      probability, so the expectation is exact.
 
 Why: with JAX's default PRNG (threefry2x32, partitionable) every draw costs one full
 threefry hash, and on an H200 the dropout-mask kernels of ResNet38 ran compute-bound at
-about a third of memory bandwidth (2.3 ms of forward time in a 48 ms step). Half the draws
-is half the hashing. The mask is still a pure function of the key and the shape, whatever
-the sharding.
+about a third of memory bandwidth (3.0 ms of a 42 ms step in the 56115ca profiles). The
+hash gives 64 bits, of which a 32-bit draw keeps the XOR of the two words.
+
+How the 16-bit mask stays inside one kernel: the elements are grouped in fours in
+row-major order, and the mask is computed on the input viewed as [..., last / 4, 4], with
+each group's counter built from iotas over the leading axes only. XLA then fuses the hash
+into the kernel that applies the mask, and since its GPU loop kernels handle four
+neighbouring elements per thread, the four identical hashes of a group are one
+computation after LLVM's common-subexpression elimination: compiled for an H200, the fused
+kernel of a [64, 500, 32, 64] bfloat16 dropout has 20 xor instructions per thread of four
+elements (one hash), against 84 for nnx.Dropout (four hashes); PTX read from
+`XLA_FLAGS=--xla_dump_to` under `python -m atjax.bench aot`'s target. The first form of this mode, which took the two halves of one `jax.random.bits`
+draw for the two halves of the last axis, made XLA write the bits to memory and read them
+back, which cost as much as the hashing it saved (5 GB more traffic per step for
+ResNet38 + RoBERTa-Large, `python -m atjax.bench aot`; no faster on an H200).
+
+Keys of other PRNG implementations (`rng_impl=rbg`) take the bits of `jax.random.bits`
+instead, two elements per 32-bit draw. Either way the mask is a pure function of the key
+and the shape, whatever the sharding.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
+from jax.extend.random import threefry2x32_p
 
 MASK_BITS = (16, 32)
 
@@ -31,19 +51,56 @@ def check_mask_bits(mask_bits) -> int:
     return int(mask_bits)
 
 
+def _group_counters(shape: tuple[int, ...]) -> jax.Array:
+    """uint32 array of `shape` (last axis 4): each entry's row-major index over the
+    leading axes, i.e. the index of its group of four. Built from iotas, so XLA fuses it."""
+    counters = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape) - 1)):
+        counters = counters + lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+        stride *= shape[axis]
+    return counters
+
+
+def _threefry_quarters(key: jax.Array, grouped: tuple[int, ...]) -> jax.Array:
+    """16-bit draws (as uint32) for `grouped` ([..., 4]): group g's four entries are the low
+    and high halves of the two words of one threefry2x32 hash of counter (0, g)."""
+    k1, k2 = jax.random.key_data(key)
+    counters = _group_counters(grouped)
+    word1, word2 = threefry2x32_p.bind(k1, k2, jnp.zeros_like(counters), counters)
+    lane = lax.broadcasted_iota(jnp.uint32, grouped, len(grouped) - 1)
+    word = jnp.where(lane < 2, word1, word2)
+    return jnp.where(lane % 2 == 0, word & jnp.uint32(0xFFFF), word >> jnp.uint32(16))
+
+
 def keep_mask_16(key: jax.Array, shape: tuple[int, ...], rate: float) -> tuple[jax.Array, float]:
     """(keep mask of `shape`, keep probability) from 16 bits per element.
 
-    Element i of the last axis takes the low half of draw i for i < ceil(n / 2) and the
-    high half of draw i - ceil(n / 2) after that.
+    With a threefry2x32 key, elements 4g .. 4g + 3 in row-major order take the four 16-bit
+    halves of hash g (see the module doc). With another PRNG, element i of the last axis
+    takes the low half of draw i for i < ceil(n / 2) and the high half of draw
+    i - ceil(n / 2) after that.
     """
-    threshold = round(rate * 65536)
+    threshold = jnp.uint32(round(rate * 65536))
+    keep_prob = 1.0 - round(rate * 65536) / 65536
+    size = math.prod(shape)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key
+        key = jax.random.wrap_key_data(key)
+    if str(jax.random.key_impl(key)) == "threefry2x32":
+        if -(-size // 4) >= 2**32:
+            raise ValueError(f"a 16-bit dropout mask counts its groups in 32 bits: {shape} "
+                             "has too many elements")
+        last = shape[-1] if shape else 1
+        if shape and last % 4 == 0:  # the mask in the input's own layout: one fused kernel
+            grouped = tuple(shape[:-1]) + (last // 4, 4)
+            return _threefry_quarters(key, grouped).reshape(shape) >= threshold, keep_prob
+        flat = _threefry_quarters(key, (-(-size // 4), 4)).reshape(-1)[:size]
+        return flat.reshape(shape) >= threshold, keep_prob
     last = shape[-1] if shape else 1
     half = -(-last // 2)
     bits = jax.random.bits(key, tuple(shape[:-1]) + (half,), jnp.uint32)
     halves = jnp.concatenate([bits & jnp.uint32(0xFFFF), bits >> jnp.uint32(16)], axis=-1)
-    halves = halves[..., :last].reshape(shape)
-    return halves >= jnp.uint32(threshold), 1.0 - threshold / 65536
+    return halves[..., :last].reshape(shape) >= threshold, keep_prob
 
 
 class Dropout(nnx.Dropout):

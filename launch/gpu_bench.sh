@@ -43,13 +43,13 @@ settings=("$@")
   # again in another process, to show how far one setting moves between processes.
   mlp:bfloat16                                        # the defaults
   mlp:bfloat16:model.audio.stem_conv=conv,compute_weight_copies=False
-  mlp:bfloat16:compute_weight_copies=False            # taps alone
+  # Threefry's kernels took 3.0 ms per step with 32-bit masks (56115ca profiles); 16-bit
+  # masks now hash once per four sites inside the masking kernel (atjax.dropout).
+  mlp:bfloat16:model.dropout_mask_bits=16
   transformer:bfloat16                                # vs 15 GiB
+  mlp:bfloat16:compute_weight_copies=False            # taps alone
   mlp:bfloat16:model.text.remat_activation=False      # the bf16 default, undone
   mlp:bfloat16                                        # the defaults again
-  # Threefry's kernels took 3.0 ms per step with 32-bit masks and 1.3 with 16-bit ones
-  # (profiles 56115ca, b42f9cd); never timed without the windows' stalls.
-  mlp:bfloat16:model.dropout_mask_bits=16
 )
 budget=${BUDGET_S:-480}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/atjax-jax-cache}

@@ -71,3 +71,72 @@ def test_the_model_setting_reaches_every_dropout_site():
     config.dropout_mask_bits = 12
     with pytest.raises(ValueError, match="mask_bits"):
         model_lib.DualEncoder(config, rngs=nnx.Rngs(0))
+
+
+def _threefry2x32(k1, k2, x1, x2):
+    """Threefry-2x32, 20 rounds (Salmon et al. 2011), in numpy: the reference."""
+    def rotl(v, r):
+        return (v << np.uint32(r)) | (v >> np.uint32(32 - r))
+
+    ks = [np.uint32(k1), np.uint32(k2), np.uint32(k1) ^ np.uint32(k2) ^ np.uint32(0x1BD11BDA)]
+    x = [x1 + ks[0], x2 + ks[1]]
+    rotations = ([13, 15, 26, 6], [17, 29, 16, 24])
+    for i in range(5):
+        for r in rotations[i % 2]:
+            x[0] = x[0] + x[1]
+            x[1] = x[0] ^ rotl(x[1], r)
+        x[0] = x[0] + ks[(i + 1) % 3]
+        x[1] = x[1] + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x
+
+
+def test_16_bit_draws_are_the_quarters_of_one_threefry_hash_per_group():
+    key = jax.random.key(7)
+    k1, k2 = np.asarray(jax.random.key_data(key), np.uint32)
+    counters = np.arange(40, dtype=np.uint32)
+    w1, w2 = _threefry2x32(k1, k2, np.zeros_like(counters), counters)
+    # The reference is JAX's hash: its 32-bit draws are the XOR of the two words.
+    np.testing.assert_array_equal(np.asarray(jax.random.bits(key, (40,), jnp.uint32)), w1 ^ w2)
+    quarters = np.asarray(dropout_lib._threefry_quarters(key, (40, 4)))
+    expected = np.stack([w1 & 0xFFFF, w1 >> 16, w2 & 0xFFFF, w2 >> 16], axis=-1)
+    np.testing.assert_array_equal(quarters, expected)
+    # The mask thresholds those draws, elements 4g .. 4g + 3 of group g in row-major order.
+    for shape in [(8, 12), (5, 8, 4), (4, 6), (3, 5, 7), (160,)]:
+        size = int(np.prod(shape))
+        keep, _ = dropout_lib.keep_mask_16(key, shape, 0.3)
+        draws = expected.reshape(-1)[:size].reshape(shape)
+        np.testing.assert_array_equal(np.asarray(keep), draws >= round(0.3 * 65536), str(shape))
+    # Legacy raw uint32 keys are the default implementation's keys.
+    raw, _ = dropout_lib.keep_mask_16(jax.random.key_data(key), (8, 12), 0.3)
+    np.testing.assert_array_equal(raw, dropout_lib.keep_mask_16(key, (8, 12), 0.3)[0])
+
+
+def test_16_bit_mask_is_the_same_under_any_sharding():
+    # On 8 devices, with the masked array sharded along its first axis, the mask equals the
+    # one computed on a single device: its counters are global indices.
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from atjax import dropout
+key = jax.random.key(3)
+x = jnp.ones((16, 10, 32), jnp.float32)
+def apply(x, key):
+    keep, p = dropout.keep_mask_16(key, x.shape, 0.2)
+    return jax.lax.select(keep, x / p, jnp.zeros_like(x))
+single = np.asarray(jax.jit(apply)(x, key))
+mesh = Mesh(np.array(jax.devices()), ("data",))
+sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
+out = jax.jit(apply, out_shardings=NamedSharding(mesh, P("data")))(sharded, key)
+assert len(out.sharding.device_set) == 8
+np.testing.assert_array_equal(np.asarray(out), single)
+print("OK", float((single == 0).mean()))
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
