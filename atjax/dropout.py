@@ -19,13 +19,14 @@ row-major order, and the mask is computed on the input viewed as [..., last / 4,
 each group's counter built from iotas over the leading axes only. XLA then fuses the hash
 into the kernel that applies the mask, and since its GPU loop kernels handle four
 neighbouring elements per thread, the four identical hashes of a group are one
-computation after LLVM's common-subexpression elimination: compiled for an H200, the fused
-kernel of a [64, 500, 32, 64] bfloat16 dropout has 20 xor instructions per thread of four
-elements (one hash), against 84 for nnx.Dropout (four hashes); PTX read from
-`XLA_FLAGS=--xla_dump_to` under `python -m atjax.bench aot`'s target. The first form of this mode, which took the two halves of one `jax.random.bits`
-draw for the two halves of the last axis, made XLA write the bits to memory and read them
-back, which cost as much as the hashing it saved (5 GB more traffic per step for
-ResNet38 + RoBERTa-Large, `python -m atjax.bench aot`; no faster on an H200).
+computation after LLVM's common-subexpression elimination. Compiled for an H200, the
+kernel of a [64, 500, 32, 64] bfloat16 dropout has 5 xor instructions per element in its
+PTX, against 21 for nnx.Dropout: a quarter of the hashing (`python -m atjax.bench
+dropout_kernel --target h200`, benchmarks/aot_h200_dropout_kernel_2026-11-26.jsonl).
+The first form of this mode, which took the two halves of one `jax.random.bits` draw for
+the two halves of the last axis, made XLA write the bits to memory and read them back,
+which cost as much as the hashing it saved (3.4-3.6 GB more traffic per step for ResNet38
++ RoBERTa-Large, `python -m atjax.bench aot`; no faster on an H200).
 
 Keys of other PRNG implementations (`rng_impl=rbg`) take the bits of `jax.random.bits`
 instead, two elements per 32-bit draw. Either way the mask is a pure function of the key

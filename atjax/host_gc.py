@@ -3,16 +3,17 @@
 A training process holds hundreds of thousands of long-lived Python objects (the imported
 libraries, the model's module tree, the compiled step). Every step also returns a fresh
 jax.Array for each leaf of the train state (1,360 for ResNet38 + RoBERTa-Large), and those
-survive into the collector's oldest generation. About every hundred steps that triggers a
-full collection, which walks every tracked object while the host holds the GIL: no step
+survive into the collector's oldest generation. Every 30 steps or so that triggers a full
+collection, which walks every tracked object while the host holds the GIL: no step
 is dispatched meanwhile. The trainer reads each step's metrics one step late, so the host
 is at most about one step ahead of the device, and a pause longer than the step's slack
 leaves the device idle.
 
 Measured on the 2-core CPU machine (`python -m atjax.bench host_gc --config
 configs/paper.py`, benchmarks/cpu_host_gc_2026-11-26.jsonl): with the trainer's modules
-imported and the paper's train state built, a full collection took 0.35-0.4 s; after
-`freeze()`, under a millisecond.
+imported and the paper's train state built, a full collection took 147 ms, and 300 calls
+of a step returning that state set off 10 of them; after `freeze()`, a full collection
+took under a millisecond.
 
 `freeze()` collects once and moves every surviving object to the permanent generation,
 which later collections skip; `thaw()` hands them back. Objects created after the freeze

@@ -116,3 +116,46 @@ def test_a_setting_that_fails_is_reported_and_the_rest_run(capsys):
     assert [r["dtype"] for r in lines] == ["float16", "float32"]
     assert "error" in lines[0] and "kernels" not in lines[0]
     assert "error" not in lines[1] and lines[1]["kernels"] > 0
+
+
+_PTX = """
+.visible .entry loop_select_fusion_2(
+\t.param .u64 p0
+)
+{
+\txor.b32 \t%r1, %r2, %r3;
+\txor.b32 \t%r4, %r1, %r3;
+\tshf.l.wrap.b32 \t%r5, %r4, %r4, 13;
+\tst.global.v4.b16 \t[%rd1], {%rs1, %rs2, %rs3, %rs4};
+\tret;
+}
+
+.visible .entry other_fusion(
+\t.param .u64 p0
+)
+{
+\txor.b32 \t%r1, %r2, %r3;
+\tst.global.b32 \t[%rd1], %r1;
+\tst.global.v2.f32 \t[%rd2], {%f1, %f2};
+\tret;
+}
+"""
+
+
+def test_dropout_kernel_reads_the_output_kernel_in_hlo_and_ptx():
+    from atjax.bench import dropout_kernel
+
+    hlo = ("HloModule jit_dropout16\n\nfused_select {\n  ROOT %x = f32[2] parameter(0)\n}\n\n"
+           "ENTRY %main (p: bf16[8]) -> bf16[8] {\n  %p = bf16[8] parameter(0)\n"
+           "  ROOT %loop_select_fusion.2 = bf16[8] fusion(%p), kind=kLoop\n}\n")
+    assert dropout_kernel.root_kernel(hlo) == "loop_select_fusion_2"
+    # Four bfloat16 elements in one 4-vector store, two xors: half an xor per element.
+    assert dropout_kernel.kernel_stats(_PTX, "loop_select_fusion_2", 16) == {
+        "xor_per_thread": 2, "elements_per_thread": 4, "xor_per_element": 0.5}
+    # One 32-bit store and one 2-vector of float32: three elements.
+    assert dropout_kernel.kernel_stats(_PTX, "other_fusion", 32) == {
+        "xor_per_thread": 1, "elements_per_thread": 3, "xor_per_element": 0.33}
+    with pytest.raises(ValueError, match="no PTX entry 'missing'.*other_fusion"):
+        dropout_kernel.kernel_stats(_PTX, "missing", 16)
+    with pytest.raises(SystemExit):
+        dropout_kernel.main(["--shape", "64,x"])

@@ -22,9 +22,9 @@ step that asynchronous dispatch must hide. `dispatch_ms_queued` is the same in t
 back-to-back windows, where a call also waits for room in the device's queue once the
 host is ahead: there it equals the step time when the device is the bottleneck.
 
-Python's garbage collector: a full collection walks every object of the process
-(0.1 s with the paper's model built, 0.35-0.4 s with the trainer's modules too, on the
-2-core CPU machine) and comes about every hundred steps. In the first H200 session to run
+Python's garbage collector: a full collection walks every object of the process (147 ms
+with the paper's train state built and the trainer's modules imported, on the 2-core CPU
+machine; `python -m atjax.bench host_gc`) and comes about every 30 steps. In the first H200 session to run
 `step_ms` (56115ca), what a window paid once ranged from -85 to +213 ms between repeats of
 one setting, pauses of that size. The timed windows now run with the heap frozen
 (atjax.host_gc, as the trainer does), and `gc_collections`, `gc_full` (generation 2) and
