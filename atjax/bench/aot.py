@@ -31,12 +31,13 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
-import json
 import os
 import pathlib
 import re
 import sys
 import time
+
+from atjax.bench import emit
 
 # Public specifications of the cards the project times on. The compiler reads the number
 # of SMs, shared memory and registers (launch shapes, fusion limits), the compute
@@ -287,12 +288,9 @@ def main(argv=None) -> int:
                 if "output tile sizes" in str(e):  # Triton tiling without autotuning
                     result["hint"] = ("rerun with XLA_FLAGS=--xla_gpu_enable_triton_gemm="
                                       "false (cuBLAS for every matmul)")
-            print(json.dumps(result), flush=True)
+            emit(result, args.out)
             if "error" not in result:
                 print(format_result(result), file=sys.stderr, flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(result) + "\n")
     return 0
 
 

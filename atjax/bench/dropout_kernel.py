@@ -15,12 +15,13 @@ one hash per element (the 32-bit draw XORs the two words), about 5 for one per f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import re
 import sys
 import tempfile
+
+from atjax.bench import emit
 
 _STORE = re.compile(r"\bst\.global(?:\.[a-z]+)*?(?:\.v(\d))?\.[bfsu](\d+)\s")
 _ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(.*?\n\}\n", re.S)
@@ -109,11 +110,7 @@ def main(argv=None) -> int:
     # Compile-only devices need no CUDA: keep JAX from starting the CUDA plugin (aot.py).
     jax.config.update("jax_platforms", "cpu")
     for result in run(args.target, shape, args.dtype, args.rate, dump):
-        line = json.dumps(result)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        emit(result, args.out)
     return 0
 
 

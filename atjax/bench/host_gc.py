@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
+
+from atjax.bench import emit
 
 
 def _full_collection_ms(repeats: int = 3) -> float:
@@ -97,11 +98,7 @@ def main(argv=None) -> int:
     if args.steps < 1:
         parser.error("--steps must be >= 1")
     config = config_lib.load(spec or "configs/paper.py", overrides)
-    line = json.dumps(run(config, args.steps))
-    print(line, flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+    emit(run(config, args.steps), args.out)
     return 0
 
 

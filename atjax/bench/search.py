@@ -20,7 +20,6 @@ depends on what else runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import shutil
@@ -32,6 +31,7 @@ import numpy as np
 
 from atjax import audio_index as store
 from atjax import search as search_lib
+from atjax.bench import emit
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -216,14 +216,7 @@ def main(argv=None) -> int:
     if min(args.windows, args.dim, args.queries, args.k, args.windows_per_file) < 1:
         parser.error("--windows, --dim, --queries, -k and --windows_per_file must be >= 1")
 
-    def emit(result: dict) -> None:
-        line = json.dumps(result)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
-
-    run(args, emit)
+    run(args, lambda result: emit(result, args.out))
     return 0
 
 

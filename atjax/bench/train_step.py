@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import statistics
 import sys
 import time
 from typing import Any, Callable
+
+from atjax.bench import emit
 
 # Measured dense bf16 matmul rates (TFLOP/s) used as "peak"; override with --peak_tflops.
 PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0}
@@ -141,7 +142,6 @@ def setting_config(config, head: str, dtype: str, batch_size: int):
 
 
 def prepare(config, head: str, dtype: str, batch_size: int, text_length: int) -> Setup:
-    import jax
     import numpy as np
 
     from atjax import model as model_lib
@@ -316,11 +316,7 @@ def main(argv=None) -> int:
                 result = {"bench": "train_step", "head": head, "dtype": dtype,
                           "overrides": list(overrides),
                           "error": f"{type(e).__name__}: {str(e)[:500]}"}
-            line = json.dumps(result)
-            print(line, flush=True)
-            if args.out and not args.compile_only:
-                with open(args.out, "a") as f:
-                    f.write(line + "\n")
+            emit(result, None if args.compile_only else args.out)
     return 0
 
 
