@@ -106,6 +106,10 @@ def test_16_bit_draws_are_the_quarters_of_one_threefry_hash_per_group():
         keep, _ = dropout_lib.keep_mask_16(key, shape, 0.3)
         draws = expected.reshape(-1)[:size].reshape(shape)
         np.testing.assert_array_equal(np.asarray(keep), draws >= round(0.3 * 65536), str(shape))
+    # Keys of another PRNG take two sites per jax.random.bits draw, at the same rate.
+    rbg, p = dropout_lib.keep_mask_16(jax.random.key(7, impl="rbg"), (256, 64), 0.3)
+    assert rbg.shape == (256, 64) and p == 1 - round(0.3 * 65536) / 65536
+    assert abs(float(np.mean(np.asarray(rbg))) - p) < 0.02
     # Legacy raw uint32 keys are the default implementation's keys.
     raw, _ = dropout_lib.keep_mask_16(jax.random.key_data(key), (8, 12), 0.3)
     np.testing.assert_array_equal(raw, dropout_lib.keep_mask_16(key, (8, 12), 0.3)[0])

@@ -623,10 +623,10 @@ def capture(setup, steps: int, out: pathlib.Path, *, setting: dict, top: int = 2
         f.write(hlo_text)
     trace_dir = pathlib.Path(tempfile.mkdtemp(prefix="atjax-trace-"))
     try:
-        # Without Python's tracer: on an H200 (56115ca), with it, a traced call of the
-        # step took 44 ms on the host (27 ms untraced) and the device sat idle for 3.4 and
-        # 5.7 ms before the second and third traced steps, waiting for their first
-        # kernels. XLA's own host events (launches, CUDA-graph updates) stay.
+        # Without Python's tracer: on an H200 (56115ca), with it, the traced steps took
+        # 47-52 ms by the host's clock with the device idle for 4.7-8.4 ms of each, where
+        # an untraced call of the step takes 27 ms on the host (`dispatch_ms`). XLA's own
+        # host events (launches, CUDA-graph updates) stay.
         options = jax.profiler.ProfileOptions()
         options.python_tracer_level = 0
         with jax.profiler.trace(str(trace_dir), profiler_options=options):

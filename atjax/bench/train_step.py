@@ -206,12 +206,14 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     # As the trainer does: the objects alive now never stall a timed window in a full
     # collection of Python's garbage collector (atjax.host_gc); the runs left are counted.
     host_gc.freeze()
-    with host_gc.Pauses() as pauses:
-        windows, cold_windows, dispatches = time_windows(setup, args.steps, args.repeats)
-        gc_counts = pauses.take()
-        sync, sync_dispatches = (setup.run(args.sync_steps, sync=True) if args.sync_steps
-                                 else ([], []))
-    host_gc.thaw()
+    try:
+        with host_gc.Pauses() as pauses:
+            windows, cold_windows, dispatches = time_windows(setup, args.steps, args.repeats)
+            gc_counts = pauses.take()
+            sync, sync_dispatches = (setup.run(args.sync_steps, sync=True)
+                                     if args.sync_steps else ([], []))
+    finally:  # a failing setting must not leave the next one's heap frozen
+        host_gc.thaw()
     loss = float(setup.metrics["loss"])
     profiled = {}
     progress(f"{statistics.median(windows) * 1e3:.2f} ms per step")
