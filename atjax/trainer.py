@@ -16,13 +16,11 @@ import math
 import pathlib
 import signal
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from atjax import checkpoint as ckpt_lib
 from atjax import config as config_lib

@@ -312,6 +312,31 @@ def test_busy_time_counts_concurrent_kernels_once():
     assert "device busy 4.00 ms, idle 1.00 ms; op time 5.00 ms" in text
 
 
+def test_short_kernels_are_counted_by_their_mean_length():
+    # Three ops over 2 steps: 4 kernels of 1.5 us, 2 of 4 us, 2 of 30 us. Each op is classed
+    # by its mean kernel length, per step, and the short ones are also split by part.
+    hlo = profile_lib.Hlo({
+        "loop_add_fusion.1": profile_lib.Instruction(
+            "loop_add_fusion.1", "add", "jit(train_step)/optimizer/add"),
+        "input_reduce_fusion.2": profile_lib.Instruction(
+            "input_reduce_fusion.2", "reduce",
+            "jit(train_step)/transpose(jvp(text_encoder))/layers/reduce_sum")}, {})
+    times = {name: profile_lib.OpTime(name, ns, calls) for name, ns, calls in (
+        ("kernel:loop_add_fusion_1", 4 * 1500, 4), ("kernel:input_reduce_fusion_2", 2 * 4000, 2),
+        ("kernel:nvjet_sm90_tst_128x128", 2 * 30000, 2))}
+    summary = profile_lib.summarize(times, hlo, steps=2, wall_s=1e-4)
+    assert summary["kernels_per_step"] == 4.0
+    assert summary["short_kernels"] == {"2": {"kernels": 2.0, "ms": 0.003},
+                                        "5": {"kernels": 3.0, "ms": 0.007},
+                                        "10": {"kernels": 3.0, "ms": 0.007}}
+    assert summary["short_kernels_by_part"] == {
+        "text_encoder/layers (backward)": {"kernels": 1.0, "ms": 0.004},
+        "optimizer (forward)": {"kernels": 2.0, "ms": 0.003}}
+    text = profile_lib.format_tables(summary)
+    assert "short kernels (4 kernels per step in all" in text
+    assert "    text_encoder/layers (backward)                    1     0.004" in text
+
+
 # A module as `compiled.as_text()` prints it on a GPU: a fusion with two operands and a
 # tuple result, a cuDNN convolution and a cuBLAS matmul returning scratch workspace as the
 # last element of their tuples, a get-tuple-element printed with its operand's tuple type.
