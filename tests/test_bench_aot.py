@@ -65,6 +65,13 @@ def test_summary_of_a_hand_written_module():
     assert parts["audio_encoder/stage1"]["backward"] == pytest.approx(conv / 1e9, abs=1e-6)
     assert parts["optimizer"]["forward"] == pytest.approx(adam / 1e9, abs=1e-6)
     assert parts["other"]["forward"] == pytest.approx(copy / 1e9, abs=1e-6)  # a copy has no scope
+    assert s["kernels_by_part"] == {"audio_encoder/stage1": {"forward": 1, "backward": 1},
+                                    "optimizer": {"forward": 1, "backward": 0},
+                                    "other": {"forward": 1, "backward": 0}}
+    table = aot.format_result({"target": "h200", "head": "mlp", "dtype": "bfloat16",
+                               "overrides": [], **s})
+    assert [line.split()[-3:] for line in table.splitlines()[-3:]] == [
+        ["1", "+", "1"], ["1", "+", "0"], ["1", "+", "0"]]
 
 
 def test_a_module_without_entry_is_refused():

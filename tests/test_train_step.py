@@ -24,6 +24,31 @@ def test_global_norm_matches_numpy_with_small_and_large_leaves():
     assert float(step_lib.global_norm({})) == 0.0
 
 
+def test_global_norm_ends_in_one_reduction_to_a_scalar():
+    # Each large leaf is summed along its last axis and all row sums in one final
+    # reduction. Without the barrier XLA splits the sum of the concatenation into one sum
+    # per leaf (checked here on the unbarriered form too, so that the test can tell).
+    import re
+
+    import jax
+
+    tree = {f"w{i}": jnp.ones((300, 256 + i)) for i in range(5)}
+    tree["bias"] = jnp.ones((64,))
+
+    def scalar_sums(fn):
+        text = jax.jit(fn).lower(tree).compile().as_text()
+        return len(re.findall(r"= f32\[\] reduce\(", text))
+
+    def unbarriered(tree):
+        return jnp.sum(jnp.concatenate([jnp.sum(jnp.square(x.reshape(-1, x.shape[-1])), axis=1)
+                                        for x in jax.tree.leaves(tree)]))
+
+    assert scalar_sums(unbarriered) == 5
+    assert scalar_sums(step_lib.global_norm) == 1
+    np.testing.assert_allclose(float(step_lib.global_norm(tree)),
+                               np.sqrt(sum(x.size for x in jax.tree.leaves(tree))), rtol=1e-6)
+
+
 def test_train_step_lowers_for_gpus_and_tpus_with_their_forms():
     # CI has no GPU, so the branches that lax.platform_dependent keeps for CUDA (two-stage
     # column sums, the separated LayerNorm parameter gradients) and the taps stem are never

@@ -156,6 +156,7 @@ def module_summary(text: str) -> dict:
     ops = [i for i in hlo.computations[_entry(text)] if i.opcode not in _STRUCTURAL]
     kernels, traffic = collections.Counter(), collections.Counter()
     by_part = collections.defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
+    kernels_by_part = collections.defaultdict(lambda: {"forward": 0, "backward": 0})
     copies, transposes = [0, 0], [0, 0]
     for inst in ops:
         moved = profile_lib.bytes_accessed(hlo, inst)
@@ -164,6 +165,7 @@ def module_summary(text: str) -> dict:
         traffic[cat] += moved
         part, direction = profile_lib.scope_of(profile_lib.op_name_of(hlo, inst))
         by_part[part][direction] += moved / 1e9
+        kernels_by_part[part][direction] += 1
         if inst.opcode == "copy":
             copies[0] += 1
             copies[1] += moved
@@ -183,6 +185,10 @@ def module_summary(text: str) -> dict:
         "traffic_gb_by_part": {k: {d: round(v, 6) for d, v in parts.items()}
                                for k, parts in sorted(by_part.items(),
                                                       key=lambda kv: -sum(kv[1].values()))},
+        # Kernels launched by part: most of a GPU step's kernels are short (a few us, see
+        # atjax.bench.profile's short kernels), so their number is itself a cost.
+        "kernels_by_part": {k: dict(v) for k, v in sorted(
+            kernels_by_part.items(), key=lambda kv: -sum(kv[1].values()))},
         "copies": copies[0], "copies_gb": gb(copies[1]),
         "transposes": transposes[0], "transposes_gb": gb(transposes[1]),
     }
@@ -244,9 +250,12 @@ def format_result(r: dict) -> str:
              "  by category: " + ", ".join(
                  f"{k} {r['kernels_by_category'][k]} ({v} GB)"
                  for k, v in r["traffic_gb_by_category"].items()),
-             "  GB by part (forward + backward):"]
+             "  GB by part (forward + backward), kernels by part (forward + backward):"]
+    kernels = r.get("kernels_by_part", {})
     for part, v in r["traffic_gb_by_part"].items():
-        lines.append(f"    {part:<34} {v['forward']:8.3f} + {v['backward']:8.3f}")
+        k = kernels.get(part)
+        count = f"   {k['forward']:6d} + {k['backward']:6d}" if k else ""
+        lines.append(f"    {part:<34} {v['forward']:8.3f} + {v['backward']:8.3f}{count}")
     return "\n".join(lines)
 
 
