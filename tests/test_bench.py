@@ -69,6 +69,18 @@ def _simulated_setup(host_s, device_s):
                        compile_s=0.0)
 
 
+def test_emit_appends_json_lines_into_a_new_folder(tmp_path, capsys):
+    # A result that took minutes to compile must not be lost to an --out folder that does
+    # not exist yet: it is made, and lines are appended.
+    from atjax.bench import emit
+
+    out = tmp_path / "new" / "deeper" / "r.jsonl"
+    emit({"a": 1}, str(out))
+    emit({"b": [2]}, str(out))
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{"a": 1}, {"b": [2]}]
+    assert capsys.readouterr().out.splitlines() == ['{"a": 1}', '{"b": [2]}']
+
+
 @pytest.mark.parametrize("host_s,device_s", [(0.030, 0.050), (0.050, 0.020)])
 def test_steady_state_timing_cancels_the_window_start(host_s, device_s):
     # A window started on an idle device pays once for the host's latency before the first
