@@ -130,8 +130,12 @@ _PTX = """
 \t.param .u64 p0
 )
 {
+\t.reg .b32 \t%r<6>;
+\t// a comment; with a semicolon
 \txor.b32 \t%r1, %r2, %r3;
 \txor.b32 \t%r4, %r1, %r3;
+$L__BB0_2:
+\t@%p1 bra \t$L__BB0_2;
 \tshf.l.wrap.b32 \t%r5, %r4, %r4, 13;
 \tst.global.v4.b16 \t[%rd1], {%rs1, %rs2, %rs3, %rs4};
 \tret;
@@ -149,20 +153,33 @@ _PTX = """
 """
 
 
-def test_dropout_kernel_reads_the_output_kernel_in_hlo_and_ptx():
-    from atjax.bench import dropout_kernel
+def test_ptx_reader_finds_the_output_kernel_and_counts_per_element():
+    from atjax.bench import dropout_kernel, ptx
 
     hlo = ("HloModule jit_dropout16\n\nfused_select {\n  ROOT %x = f32[2] parameter(0)\n}\n\n"
            "ENTRY %main (p: bf16[8]) -> bf16[8] {\n  %p = bf16[8] parameter(0)\n"
            "  ROOT %loop_select_fusion.2 = bf16[8] fusion(%p), kind=kLoop\n}\n")
-    assert dropout_kernel.root_kernel(hlo) == "loop_select_fusion_2"
-    # Four bfloat16 elements in one 4-vector store, two xors: half an xor per element.
-    assert dropout_kernel.kernel_stats(_PTX, "loop_select_fusion_2", 16) == {
-        "xor_per_thread": 2, "elements_per_thread": 4, "xor_per_element": 0.5}
+    assert ptx.root_kernel(hlo) == "loop_select_fusion_2"
+    # Four bfloat16 elements in one 4-vector store, two xors: half an xor per element. Six
+    # instructions (a guarded branch among them); not the directive, comment or label.
+    assert ptx.kernel_stats(_PTX, "loop_select_fusion_2", 16) == {
+        "instructions_per_thread": 6, "xor_per_thread": 2, "elements_per_thread": 4,
+        "instructions_per_element": 1.5, "xor_per_element": 0.5}
     # One 32-bit store and one 2-vector of float32: three elements.
-    assert dropout_kernel.kernel_stats(_PTX, "other_fusion", 32) == {
-        "xor_per_thread": 1, "elements_per_thread": 3, "xor_per_element": 0.33}
+    assert ptx.kernel_stats(_PTX, "other_fusion", 32) == {
+        "instructions_per_thread": 4, "xor_per_thread": 1, "elements_per_thread": 3,
+        "instructions_per_element": 1.33, "xor_per_element": 0.33}
+    assert list(ptx.entries(_PTX)) == ["loop_select_fusion_2", "other_fusion"]
     with pytest.raises(ValueError, match="no PTX entry 'missing'.*other_fusion"):
-        dropout_kernel.kernel_stats(_PTX, "missing", 16)
+        ptx.kernel_stats(_PTX, "missing", 16)
     with pytest.raises(SystemExit):
         dropout_kernel.main(["--shape", "64,x"])
+
+
+@pytest.mark.parametrize("shape", ["64,1001", "64,x,64", "1,2,3,4"])
+def test_tap_kernel_refuses_a_shape_that_is_not_three_sizes(shape, capsys):
+    from atjax.bench import tap_kernel
+
+    with pytest.raises(SystemExit):
+        tap_kernel.main(["--shape", shape])
+    assert "--shape takes" in capsys.readouterr().err

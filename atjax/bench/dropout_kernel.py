@@ -17,37 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import re
 import sys
 import tempfile
 
 from atjax.bench import emit
-
-_STORE = re.compile(r"\bst\.global(?:\.[a-z]+)*?(?:\.v(\d))?\.[bfsu](\d+)\s")
-_ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(.*?\n\}\n", re.S)
-
-
-def root_kernel(hlo_text: str) -> str:
-    """The name of the kernel that writes the entry computation's result, as the PTX
-    spells it (`loop_select_fusion.2` -> `loop_select_fusion_2`)."""
-    entry = hlo_text[hlo_text.index("\nENTRY"):]
-    m = re.search(r"^\s*ROOT %?([\w.\-]+) = ", entry, re.MULTILINE)
-    if m is None:
-        raise ValueError("the entry computation has no ROOT instruction")
-    return m.group(1).replace(".", "_").replace("-", "_")
-
-
-def kernel_stats(ptx: str, kernel: str, element_bits: int) -> dict:
-    """xor.b32 instructions and stored elements per thread in the PTX entry `kernel`."""
-    bodies = {m.group(1): m.group(0) for m in _ENTRY.finditer(ptx)}
-    if kernel not in bodies:
-        raise ValueError(f"no PTX entry {kernel!r} (entries: {sorted(bodies)})")
-    body = bodies[kernel]
-    xors = len(re.findall(r"\bxor\.b32\b", body))
-    stored_bits = sum(int(v or 1) * int(bits) for v, bits in _STORE.findall(body))
-    elements = stored_bits // element_bits
-    return {"xor_per_thread": xors, "elements_per_thread": elements,
-            "xor_per_element": round(xors / elements, 2) if elements else None}
+from atjax.bench.ptx import kernel_stats, root_kernel
 
 
 def run(target: str, shape: tuple[int, ...], dtype: str, rate: float, dump: pathlib.Path

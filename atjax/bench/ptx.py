@@ -1,0 +1,54 @@
+"""Reading the PTX that XLA writes for a module compiled for a GPU that is not attached
+(`python -m atjax.bench aot`'s targets, with `--xla_dump_to`): which kernel writes the
+module's result, and per kernel the instructions each thread runs and the elements it
+stores. XLA's elementwise (loop) kernels have no branches back, so their static count of
+instructions is what a thread executes; a kernel with a loop in it (a reduction, a
+library-style matmul) runs its loop body more than once, and the count is a lower bound.
+"""
+
+from __future__ import annotations
+
+import re
+
+_STORE = re.compile(r"\bst\.global(?:\.[a-z]+)*?(?:\.v(\d))?\.[bfsu](\d+)\s")
+_ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(.*?\n\}\n", re.S)
+# An instruction line: optional predicate guard, an opcode, operands, `;`. Directives
+# (`.reg`), labels (`$L__BB0_2:`), braces and comments are not instructions.
+_INSTRUCTION = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z][a-z0-9_]*)(?:\.[\w:]+)*\b[^;]*;\s*$",
+                          re.MULTILINE)
+
+
+def entries(ptx: str) -> dict[str, str]:
+    """Each kernel's PTX, by entry name."""
+    return {m.group(1): m.group(0) for m in _ENTRY.finditer(ptx)}
+
+
+def root_kernel(hlo_text: str) -> str:
+    """The name of the kernel that writes the entry computation's result, as the PTX
+    spells it (`loop_select_fusion.2` -> `loop_select_fusion_2`)."""
+    entry = hlo_text[hlo_text.index("\nENTRY"):]
+    m = re.search(r"^\s*ROOT %?([\w.\-]+) = ", entry, re.MULTILINE)
+    if m is None:
+        raise ValueError("the entry computation has no ROOT instruction")
+    return m.group(1).replace(".", "_").replace("-", "_")
+
+
+def kernel_stats(ptx: str, kernel: str, element_bits: int) -> dict:
+    """Per thread of the PTX entry `kernel`: instructions, `xor.b32` instructions (threefry's
+    rounds) and elements of `element_bits` stored, and both counts per element stored."""
+    bodies = entries(ptx)
+    if kernel not in bodies:
+        raise ValueError(f"no PTX entry {kernel!r} (entries: {sorted(bodies)})")
+    body = bodies[kernel]
+    instructions = len(_INSTRUCTION.findall(body))
+    xors = len(re.findall(r"\bxor\.b32\b", body))
+    stored_bits = sum(int(v or 1) * int(bits) for v, bits in _STORE.findall(body))
+    elements = stored_bits // element_bits
+
+    def per_element(n):
+        return round(n / elements, 2) if elements else None
+
+    return {"instructions_per_thread": instructions, "xor_per_thread": xors,
+            "elements_per_thread": elements,
+            "instructions_per_element": per_element(instructions),
+            "xor_per_element": per_element(xors)}
