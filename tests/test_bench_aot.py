@@ -176,10 +176,15 @@ def test_ptx_reader_finds_the_output_kernel_and_counts_per_element():
         dropout_kernel.main(["--shape", "64,x"])
 
 
-@pytest.mark.parametrize("shape", ["64,1001", "64,x,64", "1,2,3,4"])
-def test_tap_kernel_refuses_a_shape_that_is_not_three_sizes(shape, capsys):
-    from atjax.bench import tap_kernel
+@pytest.mark.parametrize("args,message", [
+    (["--layer", "taps", "--shape", "64,1001"], "--shape takes three sizes"),
+    (["--layer", "gelu", "--shape", "64,x,64"], "--shape takes comma-separated sizes"),
+    (["--layer", "taps", "--shape", "1,2,3,4"], "--shape takes three sizes"),
+    (["--layer", "softmax"], "invalid choice: 'softmax'"),
+    ([], "the following arguments are required: --layer")])
+def test_layer_kernel_refuses_bad_arguments(args, message, capsys):
+    from atjax.bench import layer_kernel
 
     with pytest.raises(SystemExit):
-        tap_kernel.main(["--shape", shape])
-    assert "--shape takes" in capsys.readouterr().err
+        layer_kernel.main(args)
+    assert message in capsys.readouterr().err

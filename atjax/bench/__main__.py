@@ -1,4 +1,4 @@
-"""`python -m atjax.bench {train_step,profile,aot,dropout_kernel,tap_kernel,host_gc,search} ...`: benchmarks that print JSON lines.
+"""`python -m atjax.bench {train_step,profile,aot,dropout_kernel,layer_kernel,host_gc,search} ...`: benchmarks that print JSON lines.
 
 train_step: the real training step on synthetic batches (atjax.bench.train_step).
 profile:    where a training step's device time goes, by op category and model part
@@ -7,8 +7,9 @@ aot:        what the training step compiles to for an H100 or H200 that is not a
             memory, kernels, traffic, copies and transposes (atjax.bench.aot).
 dropout_kernel: what one dropout compiles to for an H100 or H200: kernels, and the hashing
             per element in the PTX (atjax.bench.dropout_kernel).
-tap_kernel: what the taps stem (atjax.tap_conv) compiles to for an H100 or H200: kernels,
-            and the instructions per element in the PTX (atjax.bench.tap_kernel).
+layer_kernel: what one layer (the taps stem, the text encoder's GELU) compiles to for an
+            H100 or H200: kernels, and the instructions per element in the PTX
+            (atjax.bench.layer_kernel).
 host_gc:    how long Python's garbage collector stops a training process's host, with and
             without the heap frozen (atjax.bench.host_gc).
 search:     exact / approximate search latency over generated embeddings (atjax.bench.search).
@@ -19,7 +20,7 @@ import sys
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("train_step", "profile", "aot", "dropout_kernel", "tap_kernel",
+    if not argv or argv[0] not in ("train_step", "profile", "aot", "dropout_kernel", "layer_kernel",
                                         "host_gc", "search"):
         print(__doc__)
         return 2
@@ -31,8 +32,8 @@ def main(argv=None) -> int:
         from atjax.bench import aot as bench
     elif argv[0] == "dropout_kernel":
         from atjax.bench import dropout_kernel as bench
-    elif argv[0] == "tap_kernel":
-        from atjax.bench import tap_kernel as bench
+    elif argv[0] == "layer_kernel":
+        from atjax.bench import layer_kernel as bench
     elif argv[0] == "host_gc":
         from atjax.bench import host_gc as bench
     else:

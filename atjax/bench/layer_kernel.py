@@ -1,0 +1,144 @@
+"""`python -m atjax.bench layer_kernel --layer taps|gelu [--target h200|h100]
+[--shape ...] [--out FILE]`
+
+What one layer of the step compiles to on a GPU that is not attached (`python -m
+atjax.bench aot`'s targets; needs JAX's CUDA plugin, see the README's Install): its
+forward pass and its backward pass, as the model takes them, each compiled with XLA's dump
+on. One JSON line per pass and form: the kernels the module launches, their traffic, and
+for each kernel with PTX (XLA's own fusions, Triton matmuls) the instructions a thread
+runs and the elements it stores (`atjax.bench.ptx`).
+
+Why instructions: a few elementwise kernels of the step are bound by their instructions,
+not by memory. On an H200 (taps + weight copies, 56115ca profile) the taps stem's forward
+kernel wrote its 0.52 GB at 0.97 TB/s and RoBERTa-Large's GELU kernels ran at 1.3-1.5
+TB/s, where plain elementwise kernels move 3-4 TB/s. At ~60 instructions per element, 262
+million elements are 16 G thread-instructions, ~0.47 ms at the card's ~34 T per second.
+Fewer instructions per element is then what speeds such a kernel.
+
+Layers:
+  - taps: `atjax.tap_conv` (`model.audio.stem_conv=taps`), a one-channel image of
+    --shape (batch, frames, mel bins; default 64,1001,64) to 64 channels; the backward
+    gives the input's gradient (it feeds BatchNorm bn0) and the kernel's.
+  - gelu: the text encoder's bias add and exact GELU after its 4,096-wide matmul, in
+    bfloat16, on --shape (default 64,32,4096), rematerialised in the backward as
+    `model.text.remat_activation` does; both forms: `jax.nn.gelu` and `atjax.gelu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+
+from atjax.bench import emit
+
+DEFAULT_SHAPES = {"taps": "64,1001,64", "gelu": "64,32,4096"}
+
+
+def _layer_passes(layer: str, shape: tuple[int, ...], sharding):
+    """[(form, pass, function, abstract arguments)] for `layer`."""
+    import jax
+    import jax.numpy as jnp
+
+    def spec(s, dtype):
+        return jax.ShapeDtypeStruct(s, jnp.dtype(dtype), sharding=sharding)
+
+    if layer == "taps":
+        from atjax import tap_conv
+
+        channels = 64
+        x, kernel = spec((*shape, 1), jnp.float32), spec((3, 3, 1, channels), jnp.bfloat16)
+        g = spec((*shape, channels), jnp.bfloat16)
+
+        def forward(x, kernel):
+            return tap_conv.tap_conv(x, kernel, jnp.bfloat16)
+
+        def backward(x, kernel, g):
+            return jax.vjp(forward, x, kernel)[1](g)
+
+        return [("tap_conv", "forward", forward, (x, kernel)),
+                ("tap_conv", "backward", backward, (x, kernel, g))]
+
+    from atjax import gelu as gelu_lib
+    from atjax.encoders import text
+
+    y, bias = spec(shape, jnp.bfloat16), spec(shape[-1:], jnp.float32)
+    passes = []
+    for form, act in (("jax.nn.gelu", lambda v: jax.nn.gelu(v, approximate=False)),
+                      ("atjax.gelu", gelu_lib.gelu)):
+        def forward(y, bias, act=act):
+            return jax.checkpoint(lambda y, b: act(text.add_bias(y, b)))(y, bias)
+
+        def backward(y, bias, g, forward=forward):
+            return jax.vjp(forward, y, bias)[1](g)
+
+        passes += [(form, "forward", forward, (y, bias)),
+                   (form, "backward", backward, (y, bias, y))]
+    return passes
+
+
+def run(layer: str, target: str, shape: tuple[int, ...], dump: pathlib.Path) -> list[dict]:
+    import jax
+
+    from atjax.bench import aot, ptx
+
+    device = aot.target_devices(target, 1)[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    results = []
+    for i, (form, name, fn, args) in enumerate(_layer_passes(layer, shape, sharding)):
+        label = f"{layer}{i}_{name}"  # the dump's files are named after the function
+        fn.__name__ = label
+        text = jax.jit(fn).lower(*args).compile().as_text()
+        files = sorted(dump.glob(f"*jit_{label}*.ptx"))
+        if not files:
+            raise RuntimeError(f"XLA wrote no PTX for {label} under {dump}")
+        entries = ptx.entries("\n".join(p.read_text() for p in files))
+        summary = aot.module_summary(text)
+        root = ptx.root_kernel(text)
+        kernels = []
+        for entry, body in entries.items():
+            # Elements in bfloat16, the layer's output dtype: a float32 store counts twice.
+            stats = ptx.kernel_stats(body, entry, 16)
+            kernels.append({"kernel": entry, **{k: v for k, v in stats.items()
+                                                if not k.startswith("xor")}})
+        results.append({"bench": "layer_kernel", "layer": layer, "form": form, "pass": name,
+                        "target": target, "jax": jax.__version__, "shape": list(shape),
+                        "kernels": summary["kernels"], "traffic_gb": summary["traffic_gb"],
+                        # A backward's result is a tuple of several kernels' outputs.
+                        "output_kernel": root if root in entries else None,
+                        "ptx_kernels": kernels})
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m atjax.bench layer_kernel",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", choices=tuple(DEFAULT_SHAPES), required=True)
+    parser.add_argument("--target", choices=("h200", "h100"), default="h200")
+    parser.add_argument("--shape", default=None,
+                        help="taps: batch, frames, mel bins; gelu: batch, tokens, features")
+    parser.add_argument("--out", default=None, help="also append the JSON lines here")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    text = args.shape or DEFAULT_SHAPES[args.layer]
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        parser.error(f"--shape takes comma-separated sizes, got {text!r}")
+    if len(shape) != 3:
+        parser.error(f"--shape takes three sizes, got {text!r}")
+    dump = pathlib.Path(tempfile.mkdtemp(prefix="atjax-layer-ptx-"))
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
+    import jax
+
+    # Compile-only devices need no CUDA: keep JAX from starting the CUDA plugin (aot.py).
+    jax.config.update("jax_platforms", "cpu")
+    for result in run(args.layer, args.target, shape, dump):
+        emit(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
