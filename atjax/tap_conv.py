@@ -82,7 +82,7 @@ def _forward(x, kernel, dtype):
     # the taps' kernel, the padding's bounds checks and both roundings ran again for every
     # tap of every output element, and that kernel is bound by its instructions, not by
     # memory: 0.97 TB/s on an H200, at 60 PTX instructions per element stored, 34 with
-    # these stored (`python -m atjax.bench tap_kernel`). Same products, same order.
+    # these stored (`python -m atjax.bench layer_kernel --layer taps`). Same products, same order.
     padded, weights = jax.lax.optimization_barrier((padded, weights))
     out = sum(padded[:, i:i + h, j:j + w, None] * weights[i, j]
               for i in range(kh) for j in range(kw))
