@@ -37,16 +37,17 @@ config=${2:-configs/paper.py:table1-roberta-large}
 shift $(( $# >= 2 ? 2 : 1 ))
 settings=("$@")
 [ ${#settings[@]} -gt 0 ] || settings=(
-  # The paper config's defaults since 56115ca's session (taps stem, bfloat16 weight
-  # copies), profiled; then the defaults before it (profiled too, as the baseline); then
-  # each change alone; the Transformer head against the 15 GiB reference; the defaults
-  # again in another process, to show how far one setting moves between processes.
+  # The paper config's defaults (taps stem, bfloat16 weight copies; since 56115ca's session
+  # also the cheaper GELU, grad-norm and taps kernels, untimed), profiled; then 16-bit
+  # dropout masks, profiled too: threefry's kernels took 3.0 ms per step with 32-bit masks
+  # (56115ca profiles), and 16-bit masks now hash once per four sites inside the masking
+  # kernel (atjax.dropout). Then the Transformer head against the 15 GiB reference, the
+  # defaults before 56115ca's session, each of its changes alone, and the defaults again in
+  # another process, to show how far one setting moves between processes.
   mlp:bfloat16                                        # the defaults
-  mlp:bfloat16:model.audio.stem_conv=conv,compute_weight_copies=False
-  # Threefry's kernels took 3.0 ms per step with 32-bit masks (56115ca profiles); 16-bit
-  # masks now hash once per four sites inside the masking kernel (atjax.dropout).
   mlp:bfloat16:model.dropout_mask_bits=16
   transformer:bfloat16                                # vs 15 GiB
+  mlp:bfloat16:model.audio.stem_conv=conv,compute_weight_copies=False
   mlp:bfloat16:compute_weight_copies=False            # taps alone
   mlp:bfloat16:model.text.remat_activation=False      # the bf16 default, undone
   mlp:bfloat16                                        # the defaults again
@@ -113,7 +114,8 @@ if [ ${#pids[@]} -gt 0 ]; then
 fi
 
 # Phase 3: time the others one by one (compiled steps come from the cache). The second
-# setting (the baseline the first is judged against) is profiled too, its summary kept.
+# setting (by default 16-bit masks, the change the first is judged against) is profiled
+# too, its summary kept.
 for i in "${!rest[@]}"; do
   s=${rest[$i]}
   if (( SECONDS - start > budget )); then
