@@ -20,7 +20,7 @@ convolution's multiply-adds, without those on padding). The same two rates are s
 model part.
 
 It prints one JSON line (per-step milliseconds by category and by part, the heaviest ops,
-and the time the device sat idle within a step) followed by readable tables, and writes
+the kernels shorter than 2, 5 and 10 us, and the time the device sat idle within a step) followed by readable tables, and writes
 both, the compiled HLO and the raw trace (`*.xplane.pb`, for TensorBoard or Perfetto) to
 --out. The trace needs no TensorBoard: `jax.profiler.ProfileData` reads it.
 """
