@@ -291,6 +291,23 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
                for r in lines if "error" not in r)
 
 
+def test_saved_files_are_read_plain_gzipped_or_xz(tmp_path):
+    # A kept trace may be plain, gzipped (a GPU session's $OUT) or xz (benchmarks/traces):
+    # each is unpacked beside itself; a folder with none of them names what it looked for.
+    import gzip
+    import lzma
+
+    for suffix, opener in (("", open), (".gz", gzip.open), (".xz", lzma.open)):
+        folder = tmp_path / (suffix.strip(".") or "plain")
+        folder.mkdir()
+        with opener(folder / f"trace.xplane.pb{suffix}", "wb") as f:
+            f.write(b"\x00trace bytes")
+        path = profile_lib._saved(folder, "trace.xplane.pb")
+        assert path == folder / "trace.xplane.pb" and path.read_bytes() == b"\x00trace bytes"
+    with pytest.raises(FileNotFoundError, match="nor step.hlo.txt.xz"):
+        profile_lib._saved(tmp_path / "plain", "step.hlo.txt")
+
+
 def test_summary_of_unannotated_kernels():
     # A GPU trace whose kernels carry no op annotation: fusion kernels map back to their
     # HLO ops by name, library kernels are classed by name, and idle is wall minus busy.

@@ -32,6 +32,7 @@ import collections
 import dataclasses
 import gzip
 import json
+import lzma
 import math
 import pathlib
 import re
@@ -687,15 +688,17 @@ def capture(setup, steps: int, out: pathlib.Path, *, setting: dict, top: int = 2
 
 
 def _saved(folder: pathlib.Path, name: str) -> pathlib.Path:
-    """`folder/name`, or its `.gz` (as launch/gpu_bench.sh returns it) unpacked beside it."""
+    """`folder/name`, or its `.gz` (as launch/gpu_bench.sh returns it) or `.xz` (as
+    benchmarks/traces keeps a trace: a third of the size) unpacked beside it."""
     if (folder / name).exists():
         return folder / name
-    packed = folder / f"{name}.gz"
-    if not packed.exists():
-        raise FileNotFoundError(f"{folder} has neither {name} nor {name}.gz")
-    with gzip.open(packed, "rb") as src, open(folder / name, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return folder / name
+    for suffix, opener in ((".gz", gzip.open), (".xz", lzma.open)):
+        packed = folder / f"{name}{suffix}"
+        if packed.exists():
+            with opener(packed, "rb") as src, open(folder / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return folder / name
+    raise FileNotFoundError(f"{folder} has neither {name} nor {name}.gz nor {name}.xz")
 
 
 def reread(folder: str | pathlib.Path, top: int = 25) -> dict:
