@@ -15,13 +15,11 @@ one hash per element (the 32-bit draw XORs the two words), about 5 for one per f
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
-import tempfile
 
 from atjax.bench import emit
-from atjax.bench.ptx import kernel_stats, root_kernel
+from atjax.bench.ptx import compile_with_ptx, kernel_stats, root_kernel, start_dump
 
 
 def run(target: str, shape: tuple[int, ...], dtype: str, rate: float, dump: pathlib.Path
@@ -43,16 +41,9 @@ def run(target: str, shape: tuple[int, ...], dtype: str, rate: float, dump: path
             layer = dropout_lib.Dropout(rate, mask_bits=bits, rngs=nnx.Rngs(0))
             return layer(x, rngs=jax.random.wrap_key_data(seed))
 
-        name = f"dropout{bits}"
-        apply.__name__ = name
-        compiled = jax.jit(apply).lower(x, seed).compile()
-        text = compiled.as_text()
-        ptx_files = sorted(dump.glob(f"*jit_{name}*.ptx"))
-        if not ptx_files:
-            raise RuntimeError(f"XLA wrote no PTX for {name} under {dump}")
+        text, code = compile_with_ptx(apply, (x, seed), f"dropout{bits}", dump)
         kernel = root_kernel(text)
-        stats = kernel_stats("\n".join(p.read_text() for p in ptx_files), kernel,
-                             jnp.dtype(dtype).itemsize * 8)
+        stats = kernel_stats(code, kernel, jnp.dtype(dtype).itemsize * 8)
         summary = aot.module_summary(text)
         results.append({"bench": "dropout_kernel", "target": target, "jax": jax.__version__,
                         "mask_bits": bits, "shape": list(shape), "dtype": dtype,
@@ -77,12 +68,7 @@ def main(argv=None) -> int:
         shape = tuple(int(d) for d in args.shape.split(","))
     except ValueError:
         parser.error(f"--shape takes comma-separated sizes, got {args.shape!r}")
-    dump = pathlib.Path(tempfile.mkdtemp(prefix="atjax-dropout-ptx-"))
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
-    import jax
-
-    # Compile-only devices need no CUDA: keep JAX from starting the CUDA plugin (aot.py).
-    jax.config.update("jax_platforms", "cpu")
+    dump = start_dump("atjax-dropout-ptx-")
     for result in run(args.target, shape, args.dtype, args.rate, dump):
         emit(result, args.out)
     return 0

@@ -27,10 +27,8 @@ Layers:
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
-import tempfile
 
 from atjax.bench import emit
 
@@ -88,13 +86,8 @@ def run(layer: str, target: str, shape: tuple[int, ...], dump: pathlib.Path) -> 
     sharding = jax.sharding.SingleDeviceSharding(device)
     results = []
     for i, (form, name, fn, args) in enumerate(_layer_passes(layer, shape, sharding)):
-        label = f"{layer}{i}_{name}"  # the dump's files are named after the function
-        fn.__name__ = label
-        text = jax.jit(fn).lower(*args).compile().as_text()
-        files = sorted(dump.glob(f"*jit_{label}*.ptx"))
-        if not files:
-            raise RuntimeError(f"XLA wrote no PTX for {label} under {dump}")
-        entries = ptx.entries("\n".join(p.read_text() for p in files))
+        text, code = ptx.compile_with_ptx(fn, args, f"{layer}{i}_{name}", dump)
+        entries = ptx.entries(code)
         summary = aot.module_summary(text)
         root = ptx.root_kernel(text)
         kernels = []
@@ -129,13 +122,9 @@ def main(argv=None) -> int:
         parser.error(f"--shape takes comma-separated sizes, got {text!r}")
     if len(shape) != 3:
         parser.error(f"--shape takes three sizes, got {text!r}")
-    dump = pathlib.Path(tempfile.mkdtemp(prefix="atjax-layer-ptx-"))
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
-    import jax
+    from atjax.bench import ptx
 
-    # Compile-only devices need no CUDA: keep JAX from starting the CUDA plugin (aot.py).
-    jax.config.update("jax_platforms", "cpu")
-    for result in run(args.layer, args.target, shape, dump):
+    for result in run(args.layer, args.target, shape, ptx.start_dump("atjax-layer-ptx-")):
         emit(result, args.out)
     return 0
 

@@ -52,3 +52,32 @@ def kernel_stats(ptx: str, kernel: str, element_bits: int) -> dict:
             "elements_per_thread": elements,
             "instructions_per_element": per_element(instructions),
             "xor_per_element": per_element(xors)}
+
+
+def start_dump(prefix: str):
+    """A fresh folder that XLA dumps every module it compiles into (its PTX among them),
+    for compile-only GPU devices: JAX is kept from starting the CUDA plugin as a backend,
+    which fails without a driver (see atjax.bench.aot). Call before JAX compiles anything."""
+    import os
+    import pathlib
+    import tempfile
+
+    dump = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    return dump
+
+
+def compile_with_ptx(fn, args, label: str, dump) -> tuple[str, str]:
+    """(compiled HLO text, PTX) of `fn` jitted on `args`; `label` names the function, and
+    so its files in the `start_dump` folder `dump`."""
+    import jax
+
+    fn.__name__ = label
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    files = sorted(dump.glob(f"*jit_{label}*.ptx"))
+    if not files:
+        raise RuntimeError(f"XLA wrote no PTX for {label} under {dump}")
+    return text, "\n".join(p.read_text() for p in files)
