@@ -243,6 +243,17 @@ def test_profile_attributes_the_step(tmp_path, capsys):
     assert again["top_ops"][:len(top)] == top and len(again["top_ops"]) > len(top)
     assert "rates by part" in (out / "profile.txt").read_text()
 
+    # With --out, the re-read folder stays as it was (a kept trace in benchmarks/traces/)
+    # and the new profile goes to --out, made if missing.
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    elsewhere = out.parent / "reread" / "deeper"
+    assert profile_lib.main(["--reread", str(out), "--top", "60", "--out", str(elsewhere)]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+    moved = json.loads((elsewhere / "profile.json").read_text())
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == moved
+    assert moved["top_ops"][:len(again["top_ops"])] == again["top_ops"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["profile.json", "profile.txt"]
+
 
 def test_gpu_session_script_runs_end_to_end(tmp_path):
     # The prepared device-session script, on CPU at a tiny size: a profiled setting, a second

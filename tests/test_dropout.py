@@ -65,9 +65,14 @@ def test_the_model_setting_reaches_every_dropout_site():
     config.text.pretrained = False
     config.dropout_mask_bits = 16
     model = nnx.eval_shape(lambda: model_lib.DualEncoder(config, rngs=nnx.Rngs(0)))
-    sites = [m for _, m in model.iter_modules() if isinstance(m, nnx.Dropout)]
-    assert len(sites) > 10
-    assert all(isinstance(m, dropout_lib.Dropout) and m.mask_bits == 16 for m in sites)
+    sites = [(p[-1], m) for p, m in model.iter_modules() if isinstance(m, nnx.Dropout)]
+    assert len(sites) > 10 and all(isinstance(m, dropout_lib.Dropout) for _, m in sites)
+    # Every site but the attention probabilities (one per text layer) takes the setting.
+    bits = {name: sorted({m.mask_bits for n, m in sites if n == name}) for name, _ in sites}
+    layers = len(model.text_encoder.layers)
+    assert sum(n == "attention_dropout" for n, _ in sites) == layers > 0
+    assert bits.pop("attention_dropout") == [32]
+    assert bits and all(b == [16] for b in bits.values()), bits
     config.dropout_mask_bits = 12
     with pytest.raises(ValueError, match="mask_bits"):
         model_lib.DualEncoder(config, rngs=nnx.Rngs(0))

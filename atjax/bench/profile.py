@@ -701,13 +701,17 @@ def _saved(folder: pathlib.Path, name: str) -> pathlib.Path:
     raise FileNotFoundError(f"{folder} has neither {name} nor {name}.gz nor {name}.xz")
 
 
-def reread(folder: str | pathlib.Path, top: int = 25) -> dict:
+def reread(folder: str | pathlib.Path, top: int = 25,
+           out: str | pathlib.Path | None = None) -> dict:
     """Attributes a saved profile again with this reader: a folder as `capture` or
-    launch/gpu_bench.sh leave it (profile.json, step.hlo.txt[.gz], trace.xplane.pb[.gz]).
-    The setting and the host-clock step time come from its profile.json; profile.json and
-    profile.txt are rewritten. A GPU session's trace outlives its machine, and what the
-    reader learns later (rates, attributions) then applies to it."""
+    launch/gpu_bench.sh leave it (profile.json, step.hlo.txt[.gz|.xz],
+    trace.xplane.pb[.gz|.xz]). The setting and the host-clock step time come from its
+    profile.json; profile.json and profile.txt are rewritten in `out` (made if missing),
+    by default in `folder` itself. A GPU session's trace outlives its machine, and what the
+    reader learns later (rates, attributions) then applies to it; `out` leaves a kept
+    trace's files (benchmarks/traces/) as they are, e.g. for a longer `top` list."""
     folder = pathlib.Path(folder)
+    out = folder if out is None else pathlib.Path(out)
     old = json.loads((folder / "profile.json").read_text())
     steps = old["steps"]
     device = device_op_times(_saved(folder, "trace.xplane.pb"))
@@ -716,8 +720,9 @@ def reread(folder: str | pathlib.Path, top: int = 25) -> dict:
                       busy_ns=device.busy_ns, span_ns=device.span_ns)
     summary = {**{k: v for k, v in old.items() if k not in fresh}, "timeline": device.source,
                **fresh}
-    (folder / "profile.json").write_text(json.dumps(summary, indent=1))
-    (folder / "profile.txt").write_text(format_tables(summary) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps(summary, indent=1))
+    (out / "profile.txt").write_text(format_tables(summary) + "\n")
     return summary
 
 
@@ -737,14 +742,17 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=25, help="heaviest ops listed")
     parser.add_argument("--out", default=None,
                         help="folder for profile.json, profile.txt, step.hlo.txt.gz and "
-                             "the trace (default: a temporary folder)")
+                             "the trace (default: a temporary folder); with --reread, the "
+                             "folder for the new profile.json and profile.txt (default: "
+                             "the re-read folder)")
     parser.add_argument("--reread", default=None, metavar="DIR",
                         help="attribute a saved profile (a --out folder, or a GPU session's "
                              "output of launch/gpu_bench.sh) again and rewrite its "
-                             "profile.json and profile.txt; builds and runs nothing")
+                             "profile.json and profile.txt (in --out if given); builds and "
+                             "runs nothing")
     args = parser.parse_args(rest)
     if args.reread:
-        summary = reread(args.reread, args.top)
+        summary = reread(args.reread, args.top, args.out)
         print(json.dumps(summary), flush=True)
         print(format_tables(summary), flush=True)
         return 0
