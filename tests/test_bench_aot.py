@@ -5,6 +5,7 @@ environment does not install)."""
 
 import json
 
+import numpy as np
 import pytest
 
 from atjax.bench import aot
@@ -174,6 +175,36 @@ def test_ptx_reader_finds_the_output_kernel_and_counts_per_element():
         ptx.kernel_stats(_PTX, "missing", 16)
     with pytest.raises(SystemExit):
         dropout_kernel.main(["--shape", "64,x"])
+
+
+def test_ptx_dump_flags_and_every_ptx_file_of_a_module(tmp_path):
+    # jax 0.11's XLA (the GPU image's) writes PTX only for the kernel emitters that
+    # --xla_dump_emitter_re matches, in several numbered files per module; jax 0.10's
+    # wrote one file per module with --xla_dump_to alone. Flags checked in a fresh process:
+    # set here, they would make XLA dump every later compile of this test worker.
+    import os
+    import subprocess
+    import sys
+
+    from atjax.bench import ptx
+
+    code = ("import os; from atjax.bench import ptx; d = ptx.start_dump('atjax-test-'); "
+            "print(d); print(os.environ['XLA_FLAGS']); d.rmdir()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                         check=True).stdout.splitlines()
+    assert out[1] == (f"--xla_force_host_platform_device_count=2 --xla_dump_to={out[0]} "
+                      "--xla_dump_emitter_re=.*")
+    first, second = _PTX.split(".visible .entry other_fusion")
+    (tmp_path / "module_0001.jit_two_files.1.ptx").write_text(first)
+    (tmp_path / "module_0001.jit_two_files.3.ptx").write_text(
+        ".version 8.0\n.visible .entry other_fusion" + second)
+    (tmp_path / "module_0002.jit_another.1.ptx").write_text(first.replace("select", "xyz"))
+    _, code = ptx.compile_with_ptx(lambda x: x + 1, (np.zeros(2, np.float32),), "two_files",
+                                   tmp_path)
+    assert list(ptx.entries(code)) == ["loop_select_fusion_2", "other_fusion"]
+    with pytest.raises(RuntimeError, match="no PTX for absent"):
+        ptx.compile_with_ptx(lambda x: x + 1, (np.zeros(2, np.float32),), "absent", tmp_path)
 
 
 @pytest.mark.parametrize("args,message", [

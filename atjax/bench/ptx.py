@@ -63,7 +63,11 @@ def start_dump(prefix: str):
     import tempfile
 
     dump = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
+    # jax 0.10's XLA writes each module's PTX with --xla_dump_to alone; jax 0.11's (the GPU
+    # image's) writes it only for the kernel emitters that --xla_dump_emitter_re matches,
+    # in several files per module.
+    flags = f"--xla_dump_to={dump} --xla_dump_emitter_re=.*"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     import jax
 
     jax.config.update("jax_platforms", "cpu")
