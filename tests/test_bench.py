@@ -3,6 +3,7 @@ consistent figures, and `atjax.bench profile` attributes device time to the mode
 and to op categories that a hand-made program is known to contain."""
 
 import json
+import pathlib
 import types
 
 import jax
@@ -317,6 +318,53 @@ def test_saved_files_are_read_plain_gzipped_or_xz(tmp_path):
         assert path == folder / "trace.xplane.pb" and path.read_bytes() == b"\x00trace bytes"
     with pytest.raises(FileNotFoundError, match="nor step.hlo.txt.xz"):
         profile_lib._saved(tmp_path / "plain", "step.hlo.txt")
+
+
+def test_library_call_after_follows_the_schedule():
+    hlo = profile_lib.parse_hlo(
+        "HloModule m, is_scheduled=true\n\n"
+        "body {\n  %a = f32[8] parameter(0)\n"
+        "  %loop_add_fusion.1 = f32[8] fusion(%a), kind=kLoop, calls=%f\n"
+        "  %bitcast.2 = f32[2,4] bitcast(%loop_add_fusion.1)\n"
+        "  %custom-call.7 = (f32[2,2], s8[64]) custom-call(%bitcast.2, %bitcast.2), "
+        "custom_call_target=\"__cublas$lt$matmul\"\n"
+        "  ROOT %loop_exp_fusion = f32[8] fusion(%a), kind=kLoop, calls=%g\n}\n")
+    fusion = profile_lib.instruction_of(hlo, "kernel:loop_add_fusion_1")
+    assert fusion is hlo.instructions["loop_add_fusion.1"]
+    assert profile_lib.library_call_after(hlo, fusion).name == "custom-call.7"
+    assert profile_lib.library_call_after(hlo, hlo.instructions["custom-call.7"]) is None
+    assert profile_lib.instruction_of(hlo, "kernel:nvjet_sm90_tst_128x128") is None
+
+
+def test_kept_h200_trace_places_cublas_kernels_of_command_buffers(tmp_path):
+    # The 56115ca H200 trace kept in the repo: cuBLAS's kernels inside command buffers
+    # carry neither an op nor a fusion's name, and took 1.73 ms per step unattributed.
+    # Placed after their stream's previous kernel, they are the text encoder's dense
+    # layers, whose arithmetic is then the analytic count (forward + twice for backward).
+    import shutil
+
+    from atjax.bench import flops
+    from atjax.encoders import text as text_lib
+
+    kept = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "traces" / \
+        "h200_2026-11-26_56115ca_taps_copies"
+    folder = tmp_path / "trace"
+    folder.mkdir()
+    for name in ("profile.json", "step.hlo.txt.xz", "trace.xplane.pb.xz"):
+        shutil.copy(kept / name, folder / name)
+    summary = profile_lib.reread(folder, top=5000, out=tmp_path / "new")
+    assert sum(summary["by_scope"].get("unattributed", {"f": 0.0}).values()) < 0.1
+    placed = [r for r in summary["top_ops"] if r["op"].startswith("custom-call.")]
+    assert {r["scope"] for r in placed} == {"text_encoder/layers", "audio_encoder/frontend"}
+    assert sum(r["calls_per_step"] for r in placed if r["scope"] == "text_encoder/layers") == 72
+    analytic = 3 * 2 * 64 * flops.text_forward_macs(text_lib.preset("roberta-large"), 32)
+    assert summary["rates_by_part"]["text_encoder/layers"]["tflop"] == pytest.approx(
+        analytic / 1e12, rel=0.02)
+    # The text layers' time grows by what was unattributed; the step's total stays.
+    before = json.loads((kept / "profile.json").read_text())
+    assert summary["device_op_ms"] == before["device_op_ms"]
+    assert sum(summary["by_category"].values()) == pytest.approx(before["device_op_ms"],
+                                                                 abs=5e-3)
 
 
 def test_summary_of_unannotated_kernels():
