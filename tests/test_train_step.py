@@ -198,3 +198,53 @@ def test_with_weight_copies_the_forward_pass_casts_no_kernel_argument():
     # is still cast whole (attention biases [heads, dim], the CLS token) is tiny.
     assert found["cast"][0] - found["copies"][0] == used, (found, used)
     assert found["copies"][1] - found["cast"][1] == used, (found, used)
+
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_reseed_gives_nnx_reseeds_keys_in_one_op(impl):
+    # Every dropout stream of the model (one per site) gets nnx.reseed's key and count,
+    # bit for bit, eagerly and under jit (as in the train step); an integer seed works as
+    # in nnx.reseed (eagerly), and a tag absent from the call (augment) keeps its key.
+    import importlib
+
+    import jax
+    from flax import nnx
+
+    from atjax import model as model_lib
+
+    synthetic = importlib.import_module("configs.synthetic")
+    config = synthetic.get_config("size=tiny").model
+    config.unlock()
+    config.text.pretrained = False
+
+    def streams(model):
+        return [(path, s.key.tag, np.asarray(jax.random.key_data(s.key[...])),
+                 int(s.count[...])) for path, s in nnx.iter_graph(model)
+                if isinstance(s, nnx.RngStream)]
+
+    def reseeded(fn, **keys):
+        model = model_lib.build(config, seed=0)
+        fn(model, **keys)
+        return streams(model)
+
+    @nnx.jit
+    def jitted(model, **keys):
+        step_lib.reseed(model, **keys)
+
+    untouched = streams(model_lib.build(config, seed=0))
+    keys = step_lib.step_keys(jax.random.key(3, impl=impl), jnp.uint32(11))
+    for keys in (keys, {"dropout": 5}):
+        expected = reseeded(nnx.reseed, **keys)
+        assert sum(tag == "dropout" for _, tag, *_ in expected) > 10
+        variants = [step_lib.reseed] + ([jitted] if "augment" in keys else [])
+        for got in [reseeded(fn, **keys) for fn in variants]:
+            assert [(p, t) for p, t, *_ in got] == [(p, t) for p, t, *_ in expected]
+            for (*_, a, ca), (*_, b, cb) in zip(got, expected):
+                np.testing.assert_array_equal(a, b)
+                assert ca == cb == 0
+        # Keys differ between sites, and from the unseeded model's.
+        dropout = [k.tobytes() for _, tag, k, _ in expected if tag == "dropout"]
+        assert len(set(dropout)) == len(dropout)
+    for (_, tag, k, _), (_, _, k0, _) in zip(reseeded(step_lib.reseed, dropout=5), untouched):
+        assert (k.tobytes() == k0.tobytes()) == (tag != "dropout"), tag
