@@ -38,10 +38,11 @@ shift $(( $# >= 2 ? 2 : 1 ))
 settings=("$@")
 [ ${#settings[@]} -gt 0 ] || settings=(
   # The paper config's defaults (taps stem, bfloat16 weight copies; since 56115ca's session
-  # also the cheaper GELU, grad-norm and taps kernels, untimed), profiled; then 16-bit
-  # dropout masks, profiled too: threefry's kernels took 3.0 ms per step with 32-bit masks
-  # (56115ca profiles), and 16-bit masks now hash once per four sites inside the masking
-  # kernel (atjax.dropout), at every site but the text attention probabilities. Then the Transformer head against the 15 GiB reference, the
+  # also the cheaper GELU, grad-norm and taps kernels and the dropout keys drawn in one op,
+  # untimed), profiled; then 16-bit dropout masks, profiled too: threefry's kernels took
+  # 3.0 ms per step with 32-bit masks (56115ca profiles), and 16-bit masks now hash once
+  # per four sites inside the masking kernel (atjax.dropout), at every site but the text
+  # attention probabilities. Then the Transformer head against the 15 GiB reference, the
   # defaults before 56115ca's session, each of its changes alone, and the defaults again in
   # another process, to show how far one setting moves between processes.
   mlp:bfloat16                                        # the defaults
