@@ -248,3 +248,10 @@ def test_reseed_gives_nnx_reseeds_keys_in_one_op(impl):
         assert len(set(dropout)) == len(dropout)
     for (_, tag, k, _), (_, _, k0, _) in zip(reseeded(step_lib.reseed, dropout=5), untouched):
         assert (k.tobytes() == k0.tobytes()) == (tag != "dropout"), tag
+    # A stream with a batch of keys is refused, as nnx.reseed's default policy does.
+    model = model_lib.build(config, seed=0)
+    stream = next(s for _, s in nnx.iter_graph(model)
+                  if isinstance(s, nnx.RngStream) and s.key.tag == "dropout")
+    stream.key.set_value(jax.random.split(stream.key[...], 2))
+    with pytest.raises(ValueError, match="not a scalar key"):
+        step_lib.reseed(model, dropout=jax.random.key(0, impl=impl))
