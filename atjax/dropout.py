@@ -119,14 +119,36 @@ class Dropout(nnx.Dropout):
             return inputs
         if self.rate == 1.0:
             return jnp.zeros_like(inputs)
+        keep, keep_prob = keep_mask_16(self._key(rngs), inputs.shape, self.rate)
+        return jax.lax.select(keep, inputs / keep_prob, jnp.zeros_like(inputs))
+
+    def keep_mask(self, shape: tuple[int, ...], *, deterministic: bool | None = None,
+                  rngs=None) -> tuple[jax.Array | None, float]:
+        """(keep, keep_prob): the mask that `self(x)` applies to an `x` of `shape`, as
+        `select(keep, x / keep_prob, 0)`, drawn from the same key (the stream advances as
+        that call would advance it), for a caller that applies it inside its own kernel
+        (`atjax.attention`). (None, 1.0) where the call returns `x` unchanged; an all-False
+        mask at rate 1. `self(x)` is exactly `select(keep, x / keep_prob, 0)`."""
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if self.rate == 0.0 or deterministic:
+            return None, 1.0
+        if self.rate == 1.0:  # as nnx.Dropout: zeros, and no key drawn
+            return jnp.zeros(shape, bool), 1.0
+        key = self._key(rngs)
+        if self.mask_bits == 16 and not self.broadcast_dims:
+            return keep_mask_16(key, tuple(shape), self.rate)
+        keep_prob = 1.0 - self.rate  # nnx.Dropout's draw, bit for bit
+        drawn = [1 if axis in self.broadcast_dims else n for axis, n in enumerate(shape)]
+        keep = jax.random.bernoulli(key, p=keep_prob, shape=tuple(drawn))
+        return jnp.broadcast_to(keep, tuple(shape)), keep_prob
+
+    def _key(self, rngs) -> jax.Array:
+        """The key for one mask, drawn as nnx.Dropout draws it."""
         stream = self.rngs if rngs is None else rngs
         if isinstance(stream, nnx.Rngs):
-            key = stream[self.rng_collection]()
-        elif isinstance(stream, jax.Array):
-            key = stream
-        elif stream is None:
+            return stream[self.rng_collection]()
+        if isinstance(stream, jax.Array):
+            return stream
+        if stream is None:
             raise ValueError("Dropout is not deterministic but has no rngs to draw a mask from")
-        else:  # an RngStream
-            key = stream()
-        keep, keep_prob = keep_mask_16(key, inputs.shape, self.rate)
-        return jax.lax.select(keep, inputs / keep_prob, jnp.zeros_like(inputs))
+        return stream()  # an RngStream

@@ -59,6 +59,7 @@ def text_config(config: ml_collections.ConfigDict) -> text_lib.TextEncoderConfig
     overrides = {k: v for k, v in dict(t.overrides).items() if v}
     # Configs written before this setting lack it: None (automatic) applies.
     overrides["remat_activation"] = t.get("remat_activation")
+    overrides["attention_impl"] = t.get("attention_impl", "xla")
     return dataclasses.replace(base, **overrides)
 
 
@@ -210,6 +211,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Recompute the MLP activation in the backward pass instead of keeping its intermediates
     # (less memory and traffic): None is on for bfloat16 compute, off for float32.
     c.text.remat_activation = None
+    # The attention core: "xla" (einsums), "pallas" (one kernel per direction on CUDA GPUs)
+    # or "auto" (the kernel where it applies); the same function (atjax.attention).
+    c.text.attention_impl = "xla"
     c.text.overrides = ml_collections.ConfigDict(
         dict(num_layers=0, hidden_size=0, num_heads=0, intermediate_size=0))  # 0 = keep
     return c

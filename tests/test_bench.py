@@ -271,7 +271,7 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
            "BENCH_ARGS": "--batch_size 8 --steps 2 --repeats 1 --sync_steps 1 --warmup 1"}
     result = subprocess.run(
         ["bash", "launch/gpu_bench.sh", str(out), TINY, "mlp:float32",
-         "mlp:float32:rng_impl=rbg,model.audio.batchnorm_one_pass=True", "transformer:float16",
+         "mlp:float32:rng_impl=rbg,model.text.attention_impl=auto", "transformer:float16",
          "mlp:float32@--xla_cpu_enable_fast_math=false", "mlp:float32"],
         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -281,10 +281,10 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
     profiled = json.loads((out / "profile.json").read_text())
     assert (profiled["head"], profiled["dtype"], profiled["batch_size"]) == ("mlp", "float32", 8)
     second = json.loads((out / "profile_b.json").read_text())
-    assert second["overrides"] == ["rng_impl=rbg", "model.audio.batchnorm_one_pass=True"]
+    assert second["overrides"] == ["rng_impl=rbg", "model.text.attention_impl=auto"]
     assert (out / "profile_b.txt").read_text().startswith("step ")
     assert lines[0]["profile"] and lines[1]["profile"] and "profile" not in lines[4]
-    assert lines[1]["overrides"] == ["rng_impl=rbg", "model.audio.batchnorm_one_pass=True"]
+    assert lines[1]["overrides"] == ["rng_impl=rbg", "model.text.attention_impl=auto"]
     assert lines[3]["xla_flags"] == "--xla_cpu_enable_fast_math=false"
     assert lines[0]["xla_flags"] == lines[1]["xla_flags"] == ""
     # The repeat of the first setting loads the step the first run compiled.
@@ -334,6 +334,36 @@ def test_library_call_after_follows_the_schedule():
     assert profile_lib.library_call_after(hlo, fusion).name == "custom-call.7"
     assert profile_lib.library_call_after(hlo, hlo.instructions["custom-call.7"]) is None
     assert profile_lib.instruction_of(hlo, "kernel:nvjet_sm90_tst_128x128") is None
+
+
+def test_pallas_kernels_are_found_by_their_own_names():
+    # A Pallas kernel (atjax.attention) runs as a custom call whose trace kernels carry
+    # the kernel's name from its backend config, not the instruction's; a cuBLAS kernel
+    # after it is placed at the next library call, never at a Pallas call.
+    pallas = ('custom_call_target="__gpu$xla.gpu.triton", metadata={{op_name='
+              '"jit(train_step)/jvp(text_encoder)/layers/pallas_call"}}, backend_config='
+              '{{debug = false, grid_x = 64 : i32, ir = "ML\\EFR", name = "{}", num_stages '
+              '= 1 : i32, num_warps = 2 : i32}}')
+    hlo = profile_lib.parse_hlo(
+        "HloModule m, is_scheduled=true\n\nENTRY main {\n"
+        "  %qkv = bf16[64,32,48,64] parameter(0)\n  %bias = f32[64,32] parameter(1)\n"
+        "  %pallas_call.2 = bf16[64,32,16,64] custom-call(%qkv, %bias), "
+        + pallas.format("attention_forward") + "\n"
+        "  %pallas_call.9 = bf16[64,32,16,64] custom-call(%qkv, %bias), "
+        + pallas.format("attention_forward") + "\n"
+        "  %custom-call.4 = (bf16[2048,1024], s8[64]) custom-call(%pallas_call.2), "
+        "custom_call_target=\"__cublas$lt$matmul\"\n"
+        "  ROOT %pallas_call.3 = bf16[64,32,48,64] custom-call(%qkv, %bias), "
+        + pallas.format("attention_backward") + "\n}\n")
+    forward = profile_lib.instruction_of(hlo, "kernel:attention_forward")
+    assert forward is hlo.instructions["pallas_call.2"]
+    assert profile_lib.instruction_of(hlo, "kernel:attention_backward").name == "pallas_call.3"
+    assert profile_lib.category(hlo, forward) == "pallas"
+    assert profile_lib.scope_of(forward.op_name) == ("text_encoder/layers", "forward")
+    assert profile_lib.bytes_accessed(hlo, forward) == (64 * 32 * 48 * 64 * 2 + 64 * 32 * 4
+                                                        + 64 * 32 * 16 * 64 * 2)
+    assert profile_lib.library_call_after(hlo, forward).name == "custom-call.4"
+    assert profile_lib.library_call_after(hlo, hlo.instructions["custom-call.4"]) is None
 
 
 def test_kept_h200_trace_places_cublas_kernels_of_command_buffers(tmp_path):

@@ -149,3 +149,42 @@ print("OK", float((single == 0).mean()))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mask_bits", [32, 16])
+@pytest.mark.parametrize("rate", [0.1, 0.37])
+def test_keep_mask_is_the_mask_the_call_applies(mask_bits, rate):
+    # atjax.attention applies the mask inside its kernel: it must be the one the module's
+    # own call would apply, drawn from the same key, with the stream advanced alike.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 8, 8)), jnp.float32)
+    called = dropout_lib.Dropout(rate, mask_bits=mask_bits, rngs=nnx.Rngs(dropout=7))
+    drawn = dropout_lib.Dropout(rate, mask_bits=mask_bits, rngs=nnx.Rngs(dropout=7))
+
+    @jax.jit
+    def apply(x, keep, keep_prob):
+        return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
+    for _ in range(2):
+        keep, keep_prob = drawn.keep_mask(x.shape)
+        assert keep.dtype == jnp.bool_ and keep.shape == x.shape
+        np.testing.assert_array_equal(apply(x, keep, keep_prob), called(x))
+        assert 0.5 < float(np.mean(np.asarray(keep))) < 0.95
+    other = dropout_lib.Dropout(rate, mask_bits=mask_bits, rngs=nnx.Rngs(dropout=8))
+    assert not np.array_equal(other.keep_mask(x.shape)[0], keep)
+
+
+def test_keep_mask_under_jit_broadcast_dims_and_edge_cases():
+    x = jnp.ones((2, 6, 5), jnp.float32)
+    called = dropout_lib.Dropout(0.5, broadcast_dims=(1,), rngs=nnx.Rngs(dropout=3))
+    drawn = dropout_lib.Dropout(0.5, broadcast_dims=(1,), rngs=nnx.Rngs(dropout=3))
+    keep, keep_prob = nnx.jit(lambda m: m.keep_mask((2, 6, 5)))(drawn)
+    np.testing.assert_array_equal(jnp.where(keep, x / keep_prob, 0), called(x))
+    assert np.all(np.asarray(keep) == np.asarray(keep)[:, :1, :])  # one draw along axis 1
+    drawn.eval()
+    assert drawn.keep_mask((2, 3)) == (None, 1.0)
+    assert dropout_lib.Dropout(0.0, rngs=nnx.Rngs(0)).keep_mask((2, 3)) == (None, 1.0)
+    everything = dropout_lib.Dropout(1.0, rngs=nnx.Rngs(dropout=0))
+    keep, keep_prob = everything.keep_mask((2, 3))
+    assert not np.any(np.asarray(keep)) and keep_prob == 1.0
+    with pytest.raises(ValueError, match="no rngs"):
+        dropout_lib.Dropout(0.1, mask_bits=16).keep_mask((2, 3))

@@ -100,6 +100,25 @@ def target_devices(target: str, count: int = 1) -> list:
     return list(topology.devices)
 
 
+def target_context(devices):
+    """A context to lower in for `devices`: for compile-only GPUs, an abstract mesh of them.
+    Pallas's Triton lowering (`atjax.attention`) reads the GPU it compiles for from the
+    default device, a CPU here, unless an abstract mesh names another (jax 0.11; jax 0.10
+    needs nothing)."""
+    import contextlib
+
+    import jax
+    import numpy as np
+
+    from atjax import sharding
+
+    if devices[0].platform == "cpu" or not hasattr(jax.sharding, "use_abstract_mesh"):
+        return contextlib.nullcontext()
+    # The step's own mesh (abstract_step's): jax 0.11 requires the two to be equal.
+    mesh = jax.sharding.Mesh(np.array(devices), (sharding.DATA_AXIS,))
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
 def abstract_step(config, devices, text_length: int):
     """(the jitted train step, its arguments as shapes with shardings) for `config`
     (head, dtype and batch size set) on `devices`, the state replicated and the batch
@@ -223,7 +242,9 @@ def run_setting(config, head: str, dtype: str, args, devices) -> dict:
     config = bench.setting_config(config, head, dtype, args.batch_size)
     step, arguments = abstract_step(config, devices, args.text_length)
     start = time.perf_counter()
-    compiled = step.lower(*arguments).compile()
+    with target_context(devices):
+        lowered = step.lower(*arguments)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     text = compiled.as_text()
     if args.hlo:

@@ -105,6 +105,13 @@ class Instruction:
 class Hlo:
     instructions: dict[str, Instruction]
     computations: dict[str, list[Instruction]]
+    # Pallas kernels (`atjax.attention`) by the name their kernels carry in a trace: the
+    # `name` in the custom call's backend config, not the instruction's; the first of each.
+    kernels: dict[str, Instruction] = dataclasses.field(default_factory=dict)
+
+
+# The custom call that runs a Pallas kernel compiled by XLA's Triton pipeline.
+PALLAS_TARGET = "__gpu$xla.gpu.triton"
 
 
 def _array_bytes(element: str, dims: str) -> int:
@@ -127,6 +134,7 @@ def parse_hlo(text: str) -> Hlo:
     that runs it, never among its fused body's parameters)."""
     instructions: dict[str, Instruction] = {}
     computations: dict[str, list[Instruction]] = collections.defaultdict(list)
+    kernels: dict[str, Instruction] = {}
     current = ""
     for line in text.splitlines():
         m = _INSTRUCTION.match(line)
@@ -156,11 +164,14 @@ def parse_hlo(text: str) -> Hlo:
             inst.op_name = op.group(1)
         if (t := re.search(r'custom_call_target="([^"]*)"', line)) is not None:
             inst.target = t.group(1)
+            if inst.target == PALLAS_TARGET and (
+                    k := re.search(r'\bname = "([^"]+)"', line)) is not None:
+                kernels.setdefault(k.group(1), inst)
         if (calls := re.search(r"calls=%?([\w.\-]+)", line)) is not None:
             inst.calls = calls.group(1)
         instructions[inst.name] = inst
         computations[current].append(inst)
-    return Hlo(instructions, dict(computations))
+    return Hlo(instructions, dict(computations), kernels)
 
 
 def _data_bytes(inst: Instruction) -> int:
@@ -313,6 +324,8 @@ def category(hlo: Hlo, inst: Instruction) -> str:
         return "collective"
     if "convolution" in opcodes or "conv" in targets:
         return "convolution"
+    if PALLAS_TARGET.lower() in targets:
+        return "pallas"
     if "dot" in opcodes or any(k in targets for k in ("gemm", "matmul", "cublas", "triton")):
         return "matmul"
     if "fft" in opcodes or "fft" in targets:
@@ -347,10 +360,12 @@ def _kernel_category(kernel: str) -> str:
 def instruction_of(hlo: Hlo, key: str) -> Instruction | None:
     """The HLO instruction an op key names: an instruction's name, or "kernel:NAME" for a
     kernel that XLA named after its fusion, with "_" for the "." of its number
-    (loop_add_fusion_3: loop_add_fusion.3)."""
+    (loop_add_fusion_3: loop_add_fusion.3), or for a Pallas kernel, by its own name."""
     inst = hlo.instructions.get(key)
     if inst is None and key.startswith("kernel:"):
         inst = hlo.instructions.get(re.sub(r"_(\d+)$", r".\1", key[len("kernel:"):]))
+        if inst is None:  # a Pallas kernel, named as its pallas_call names it
+            inst = hlo.kernels.get(key[len("kernel:"):])
     return inst
 
 
@@ -360,12 +375,13 @@ _LIBRARY_OPCODES = ("custom-call", "convolution", "dot", "fft")
 
 def library_call_after(hlo: Hlo, previous: Instruction) -> Instruction | None:
     """The first library call scheduled after `previous` in its computation (a compiled
-    module's computations list their instructions in schedule order), or None."""
+    module's computations list their instructions in schedule order), or None. A Pallas
+    kernel's custom call is not one: its kernels carry their own name."""
     for instructions in hlo.computations.values():
         for i, inst in enumerate(instructions):
             if inst is previous:
-                return next((j for j in instructions[i + 1:]
-                             if j.opcode in _LIBRARY_OPCODES), None)
+                return next((j for j in instructions[i + 1:] if j.opcode in _LIBRARY_OPCODES
+                             and j.target != PALLAS_TARGET), None)
     return None
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from atjax import attention as attention_lib
 from atjax import dropout as dropout_lib
 from atjax import gelu as gelu_lib
 from atjax import layer_norm as layer_norm_lib
@@ -42,7 +43,8 @@ _HF_FIELD_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attentio
                    "attention_dropout_rate": "attention_probs_dropout_prob"}
 # Training choices, not architecture (dropout rates, recomputing the activation): a preset
 # may differ from config.json in them.
-_NON_ARCHITECTURE_FIELDS = ("dropout_rate", "attention_dropout_rate", "remat_activation")
+_NON_ARCHITECTURE_FIELDS = ("dropout_rate", "attention_dropout_rate", "remat_activation",
+                            "attention_impl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,10 @@ class TextEncoderConfig:
     # numbers the CPU studies in docs/ were made with (recomputation rounds differently,
     # and 200 training steps amplify that into different results); True/False force it.
     remat_activation: bool | None = None
+    # The attention core (atjax.attention): "xla" (einsums), "pallas" (one Pallas kernel
+    # per direction: CUDA GPUs, power-of-two token counts) or "auto" (the kernel where it
+    # applies, the einsums elsewhere). The same function either way.
+    attention_impl: str = "xla"
 
     def __post_init__(self):
         if self.model_type not in ("bert", "roberta"):
@@ -75,6 +81,9 @@ class TextEncoderConfig:
         if self.remat_activation not in (None, True, False):
             raise ValueError("remat_activation must be None (automatic), True or False, "
                              f"got {self.remat_activation!r}")
+        if self.attention_impl not in attention_lib.IMPLS:
+            raise ValueError(f"attention_impl must be one of {attention_lib.IMPLS}, "
+                             f"got {self.attention_impl!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                              f"num_heads {self.num_heads}")
@@ -232,19 +241,20 @@ class Layer(nnx.Module):
         self.attention_dropout = dropout_lib.Dropout(c.attention_dropout_rate, rngs=rngs)
         self.dropout = dropout_lib.Dropout(c.dropout_rate, rngs=rngs)
         self.num_heads, self.hidden_act, self.dtype = c.num_heads, c.hidden_act, dtype
+        self.attention_impl = c.attention_impl
         self.remat_activation = (c.remat_activation if c.remat_activation is not None
                                  else jnp.dtype(dtype) != jnp.float32)
 
-    def __call__(self, x, mask_bias):
+    def __call__(self, x, key_bias):
         b, n, d = x.shape
-        q, k, v = jnp.split(_dense(self.qkv, x).reshape(b, n, 3 * self.num_heads, -1), 3, axis=2)
+        qkv = _dense(self.qkv, x).reshape(b, n, 3 * self.num_heads, d // self.num_heads)
         # Written out rather than jax.nn.dot_product_attention, which has no dropout on the
-        # attention probabilities that BERT/RoBERTa fine-tuning uses. Captions are ~32 tokens:
-        # these batched 32 x 32 matmuls took 0.56 ms of a 48 ms RoBERTa-Large step on an H200.
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        logits = logits / np.sqrt(d // self.num_heads) + mask_bias
-        probs = self.attention_dropout(jax.nn.softmax(logits, axis=-1))
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v).reshape(b, n, d)
+        # attention probabilities that BERT/RoBERTa fine-tuning uses. The mask is drawn here,
+        # as `self.attention_dropout(probs)` would draw it, and applied inside the core.
+        keep, keep_prob = self.attention_dropout.keep_mask((b, self.num_heads, n, n))
+        context = attention_lib.attention(qkv, key_bias, keep, num_heads=self.num_heads,
+                                          keep_prob=keep_prob, impl=self.attention_impl)
+        context = context.reshape(b, n, d)
         x = x + self.dropout(_dense(self.attention_out, context))
         x = _layer_norm(self.attention_norm, x, self.dtype)
         h = _dense(self.mlp_out, _dense(self.mlp_in, x, _ACTIVATIONS[self.hidden_act],
@@ -277,13 +287,12 @@ class TextEncoder(nnx.Module):
             raise ValueError(f"{input_ids.shape[1]} tokens exceed this encoder's "
                              f"{self.config.max_tokens} positions")
         # Additive mask in float32: padded keys get the most negative float, so exp() gives 0.
-        keep = attention_mask[:, None, None, :] > 0
-        mask_bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)
+        key_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(jnp.float32).min)
         with jax.named_scope("embeddings"):  # scopes label ops in profiles
             x = self.embeddings(input_ids)
         with jax.named_scope("layers"):
             for layer in self.layers:
-                x = layer(x, mask_bias)
+                x = layer(x, key_bias)
         return x
 
 

@@ -1,0 +1,256 @@
+"""Self-attention over short sequences as one GPU kernel per direction.
+
+`attention(qkv, key_bias, keep, ...)` is the text encoder's attention core, from the
+query/key/value projection's output to the context the output projection reads:
+
+    logits  = q k^T / sqrt(head_dim) + key_bias          (float32)
+    probs   = softmax(logits); dropped where `keep` is False, the rest / keep_prob
+    context = probs (in the compute dtype) @ v
+
+Why a kernel: captions are ~32 tokens. For RoBERTa-Large at batch 64, XLA:GPU runs this
+core, per layer and direction, as two batched 32 x 32 matmuls, a softmax in two kernels
+and layout shuffles that move the heads between the projection's [batch, token, head,
+dim] layout and the [batch, head, token, dim] one its batched matmuls take. In the
+56115ca H200 profile those took about 1.6 ms of a 42.4 ms step, the shuffles 0.73 ms
+of it (`benchmarks/h200_profile_2026-11-26_56115ca_taps_copies.txt`, re-read with
+`--top 5000`). Here one program per (sequence, head) reads its query, key and value
+tiles straight from the projection's output, keeps the 32 x 32 logits in registers and
+writes its context where the output projection reads it; the backward program recomputes
+the softmax instead of storing it, and writes the three gradients into one array in the
+projection's layout. Compiled for an H200 (`python -m atjax.bench aot --target h200
+--config configs/paper.py --config.model.text.attention_impl=auto`), the paper's step
+has 2,020 kernels instead of 2,355, 78.5 GB of traffic instead of 83.0, 17 transposing
+kernels instead of 185 and 12.85 GiB of peak memory instead of 13.06; not yet timed.
+
+`impl` picks the form: "xla" (the default) is `reference`, the einsums the encoder used
+before, on any backend; "pallas" is the kernel (Pallas on Triton: CUDA GPUs, token
+counts and head sizes that are powers of two from 16); "auto" is the kernel on CUDA GPUs
+where it applies and the reference elsewhere (`lax.platform_dependent`). `interpret` runs
+the kernel in Pallas's interpreter, which is how the tests check it on a CPU. Pallas's
+Triton backend is deprecated as of jax 0.11 in favour of Mosaic GPU: where a JAX lacks
+it, "auto" takes the reference and "pallas" says so.
+
+The dropout mask comes from the caller (`atjax.dropout.Dropout.keep_mask`), so both forms
+drop exactly the elements that the encoder's Dropout module drops; the reference is the
+encoder's former code bit for bit (`tests/test_attention.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+IMPLS = ("xla", "pallas", "auto")
+
+
+def reference(qkv: jax.Array, key_bias: jax.Array, keep: jax.Array | None, *,
+              num_heads: int, keep_prob: float = 1.0) -> jax.Array:
+    """The attention core as plain XLA ops (the text encoder's einsums).
+
+    qkv: [batch, tokens, 3 * num_heads, head_dim], queries then keys then values;
+    key_bias: [batch, tokens] float32, added to every query's logits (0 or a large
+    negative for padding); keep: [batch, num_heads, tokens, tokens] bool or None.
+    Returns the context, [batch, tokens, num_heads, head_dim], in qkv's dtype.
+    """
+    q, k, v = jnp.split(qkv, 3, axis=2)
+    head_dim = qkv.shape[-1]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(head_dim) + key_bias[:, None, None, :]
+    probs = jax.nn.softmax(logits, axis=-1)
+    if keep is not None:
+        probs = lax.select(keep, probs / keep_prob, jnp.zeros_like(probs))
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(qkv.dtype), v)
+
+
+def _probs(q, k, bias, keep, head_dim, keep_prob):
+    """(softmax probabilities, after dropout) for one (sequence, head) tile, float32."""
+    logits = lax.dot_general(q, k, (((1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+    logits = logits / jnp.float32(math.sqrt(head_dim)) + bias[None, :]
+    unnormalized = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    probs = unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+    if keep is None:
+        return probs, probs
+    dropped = jnp.where(keep != 0, probs / jnp.float32(keep_prob), jnp.float32(0))
+    return probs, dropped
+
+
+def _forward_kernel(*refs, num_heads, head_dim, keep_prob, has_keep):
+    if has_keep:
+        qkv_ref, bias_ref, keep_ref, out_ref = refs
+    else:
+        (qkv_ref, bias_ref, out_ref), keep_ref = refs, None
+    from jax.experimental import pallas as pl
+
+    b, h = pl.program_id(0), pl.program_id(1)
+    q = qkv_ref[b, :, h, :]
+    k = qkv_ref[b, :, num_heads + h, :]
+    v = qkv_ref[b, :, 2 * num_heads + h, :]
+    keep = None if keep_ref is None else keep_ref[b, h, :, :]
+    _, dropped = _probs(q, k, bias_ref[b, :], keep, head_dim, keep_prob)
+    context = jnp.dot(dropped.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out_ref[b, :, h, :] = context.astype(out_ref.dtype)
+
+
+def _backward_kernel(*refs, num_heads, head_dim, keep_prob, has_keep):
+    if has_keep:
+        qkv_ref, bias_ref, keep_ref, g_ref, dqkv_ref = refs
+    else:
+        (qkv_ref, bias_ref, g_ref, dqkv_ref), keep_ref = refs, None
+    from jax.experimental import pallas as pl
+
+    b, h = pl.program_id(0), pl.program_id(1)
+    q = qkv_ref[b, :, h, :]
+    k = qkv_ref[b, :, num_heads + h, :]
+    v = qkv_ref[b, :, 2 * num_heads + h, :]
+    g = g_ref[b, :, h, :]
+    keep = None if keep_ref is None else keep_ref[b, h, :, :]
+    probs, dropped = _probs(q, k, bias_ref[b, :], keep, head_dim, keep_prob)
+    dtype = v.dtype
+    # context = dropped (cast to the compute dtype) @ v, so:
+    dv = lax.dot_general(dropped.astype(dtype), g, (((0,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+    d_dropped = lax.dot_general(g, v, (((1,), (1,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+    d_dropped = d_dropped.astype(dtype).astype(jnp.float32)  # the cast's cotangent
+    if keep is None:
+        d_probs = d_dropped
+    else:
+        d_probs = jnp.where(keep != 0, d_dropped / jnp.float32(keep_prob), jnp.float32(0))
+    d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
+    d_logits = (d_logits / jnp.float32(math.sqrt(head_dim))).astype(dtype)
+    dq = jnp.dot(d_logits, k, preferred_element_type=jnp.float32)
+    dk = lax.dot_general(d_logits, q, (((0,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+    dqkv_ref[b, :, h, :] = dq.astype(dqkv_ref.dtype)
+    dqkv_ref[b, :, num_heads + h, :] = dk.astype(dqkv_ref.dtype)
+    dqkv_ref[b, :, 2 * num_heads + h, :] = dv.astype(dqkv_ref.dtype)
+
+
+# Untuned (no GPU has run these kernels yet): a program holds a few 32 x 64 tiles.
+_FORWARD_WARPS = 2
+_BACKWARD_WARPS = 4
+
+
+def _unsupported(qkv, key_bias, keep, num_heads) -> str | None:
+    """Why the kernel cannot take these shapes, or None if it can."""
+    if qkv.ndim != 4 or qkv.shape[2] != 3 * num_heads:
+        return f"qkv must be [batch, tokens, 3 * {num_heads}, head_dim], got {qkv.shape}"
+    batch, tokens, _, head_dim = qkv.shape
+    if key_bias.shape != (batch, tokens):
+        return f"key_bias must be [{batch}, {tokens}], got {key_bias.shape}"
+    if keep is not None and keep.shape != (batch, num_heads, tokens, tokens):
+        return f"keep must be [{batch}, {num_heads}, {tokens}, {tokens}], got {keep.shape}"
+    for name, n in (("tokens", tokens), ("head_dim", head_dim)):
+        if n < 16 or n & (n - 1):  # Triton's tiles and tl.dot: powers of two, >= 16
+            return f"the kernel needs {name} a power of two >= 16, got {n}"
+    if qkv.size >= 2**31:  # Triton indexes in 32 bits
+        return f"the kernel indexes in 32 bits; qkv has {qkv.size} elements"
+    return None
+
+
+def available() -> bool:
+    """Whether this JAX has Pallas's Triton backend (jax 0.11 marks it deprecated)."""
+    try:
+        from jax.experimental.pallas import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _call(kernel, args, out_shape, *, name, matmuls, interpret, num_warps):
+    """`kernel` run once per (sequence, head) on `args`. `name` is the kernel's name in a
+    profile's trace (`atjax.bench.profile` finds it by that name); `matmuls` counts its
+    [tokens, tokens, head_dim] products, for XLA's cost model."""
+    from jax.experimental import pallas as pl
+
+    batch, tokens, _, head_dim = args[0].shape
+    heads = args[0].shape[2] // 3
+    cost = pl.CostEstimate(
+        flops=2 * matmuls * batch * heads * tokens * tokens * head_dim,
+        transcendentals=batch * heads * tokens * tokens,
+        bytes_accessed=sum(a.size * a.dtype.itemsize for a in args)
+        + out_shape.size * out_shape.dtype.itemsize)
+    params = {}
+    if not interpret:
+        from jax.experimental.pallas import triton as plgpu
+
+        params["compiler_params"] = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
+    return pl.pallas_call(kernel, out_shape=out_shape, grid=(batch, heads), name=name,
+                          cost_estimate=cost, interpret=interpret, **params)(*args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _kernel_attention(qkv, key_bias, keep, num_heads, keep_prob, interpret):
+    return _kernel_forward(qkv, key_bias, keep, num_heads, keep_prob, interpret)[0]
+
+
+def _kernel_forward(qkv, key_bias, keep, num_heads, keep_prob, interpret):
+    batch, tokens, _, head_dim = qkv.shape
+    has_keep = keep is not None
+    kernel = functools.partial(_forward_kernel, num_heads=num_heads, head_dim=head_dim,
+                               keep_prob=keep_prob, has_keep=has_keep)
+    args = (qkv, key_bias) + ((keep,) if has_keep else ())
+    out = jax.ShapeDtypeStruct((batch, tokens, num_heads, head_dim), qkv.dtype)
+    context = _call(kernel, args, out, name="attention_forward", matmuls=2,
+                    interpret=interpret, num_warps=_FORWARD_WARPS)
+    return context, (qkv, key_bias, keep)
+
+
+def _kernel_backward(num_heads, keep_prob, interpret, residuals, g):
+    qkv, key_bias, keep = residuals
+    has_keep = keep is not None
+    kernel = functools.partial(_backward_kernel, num_heads=num_heads,
+                               head_dim=qkv.shape[-1], keep_prob=keep_prob,
+                               has_keep=has_keep)
+    args = (qkv, key_bias) + ((keep,) if has_keep else ()) + (g.astype(qkv.dtype),)
+    out = jax.ShapeDtypeStruct(qkv.shape, qkv.dtype)
+    # Five products: the logits again, then the gradients of the context (two) and of
+    # the logits (two).
+    dqkv = _call(kernel, args, out, name="attention_backward", matmuls=5,
+                 interpret=interpret, num_warps=_BACKWARD_WARPS)
+    d_keep = None if keep is None else np.zeros(keep.shape, jax.dtypes.float0)
+    return dqkv, jnp.zeros_like(key_bias), d_keep
+
+
+_kernel_attention.defvjp(_kernel_forward, _kernel_backward)
+
+
+def attention(qkv: jax.Array, key_bias: jax.Array, keep: jax.Array | None = None, *,
+              num_heads: int, keep_prob: float = 1.0, impl: str = "xla",
+              interpret: bool = False) -> jax.Array:
+    """The attention core (arguments as `reference`) by `impl` (see the module doc).
+
+    "pallas" raises where the kernel cannot run (shapes, a JAX without Pallas's Triton
+    backend); "auto" then takes the reference. The key bias takes no gradient.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+    key_bias = lax.stop_gradient(key_bias.astype(jnp.float32))
+
+    def xla(qkv, key_bias, keep):
+        return reference(qkv, key_bias, keep, num_heads=num_heads, keep_prob=keep_prob)
+
+    if impl == "xla":
+        return xla(qkv, key_bias, keep)
+    why = _unsupported(qkv, key_bias, keep, num_heads)
+    if why is None and not interpret and not available():
+        why = "this JAX has no Pallas Triton backend"
+    if why is not None:
+        if impl == "pallas":
+            raise ValueError(f"attention impl='pallas': {why}; use impl='xla' or 'auto'")
+        return xla(qkv, key_bias, keep)
+
+    def kernel(qkv, key_bias, keep):
+        # int8: what Triton loads for a mask (XLA fuses the cast into the mask's kernel).
+        return _kernel_attention(qkv, key_bias, None if keep is None else keep.astype(jnp.int8),
+                                 num_heads, float(keep_prob), interpret)
+
+    if impl == "pallas" or interpret:
+        return kernel(qkv, key_bias, keep)
+    return lax.platform_dependent(qkv, key_bias, keep, cuda=kernel, default=xla)
