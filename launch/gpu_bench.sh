@@ -25,7 +25,8 @@
 # whole call ends inside the device tool's 10-minute limit; skipped ones are listed. Run
 # again at once with the skipped ones, while the machine is warm: their compiled steps are
 # in its cache (2026-11-26: four settings timed so in 201 s).
-# BENCH_ARGS adds arguments of `python -m atjax.bench train_step` (e.g. "--batch_size 32").
+# BENCH_ARGS adds arguments of `python -m atjax.bench train_step` (e.g. "--batch_size 32"),
+# ATTENTION_ARGS of `python -m atjax.bench attention` (the kernel's check, run first).
 # Results: OUT_DIR/bench.jsonl (one JSON line per timed setting), OUT_DIR/log.txt, the
 # first setting's profile.json, profile.txt, step.hlo.txt.gz and trace.xplane.pb.gz, and
 # the second setting's profile_b.json and profile_b.txt (PROFILE_SECOND=0 skips that
@@ -94,6 +95,13 @@ time_setting() {
   bench "$s" --out "$out/bench.jsonl" "$@" 2>>"$log" | grep '^{' \
     || { echo "failed: $s"; tail -3 "$log"; }
 }
+
+# Phase 0: the attention kernel (atjax.attention) checked against the einsums and timed
+# alone, at RoBERTa-Large's sizes: a few seconds, and a wrong kernel shows here, in
+# log.txt, before a training step is timed with it.
+echo "== attention kernel" >>"$log"
+timeout 120 python3 -m atjax.bench attention ${ATTENTION_ARGS:-} 2>>"$log" | tee -a "$log" | grep '^{' \
+  || { echo "attention kernel check failed:"; tail -3 "$log"; }
 
 # Phase 1: the first setting alone, profiled.
 time_setting "${settings[0]}" --profile "$out/profile"

@@ -183,3 +183,26 @@ def test_auto_is_the_reference_off_gpu_and_errors_name_the_problem():
         attention_lib.attention(qkv, key_bias, keep[:, :1], num_heads=HEADS, impl="pallas")
     with pytest.raises(ValueError, match="attention_impl must be one of"):
         dataclasses.replace(text_lib.preset("bert-base"), attention_impl="flash")
+
+
+def test_attention_benchmark_checks_the_kernel_before_timing_it(monkeypatch, capsys, tmp_path):
+    import json
+
+    from atjax.bench import attention as bench
+
+    small = ["--interpret", "--batch_size", "2", "--tokens", "16", "--heads", "2",
+             "--head_dim", "16", "--calls", "1", "--repeats", "1"]
+    assert bench.main(small + ["--out", str(tmp_path / "a.jsonl")]) == 0
+    line = json.loads((tmp_path / "a.jsonl").read_text())
+    assert line["match"] and line["context_diff"] <= 2**-6 and line["xla_us"] > 0
+    assert (line["tokens"], line["heads"], line["dtype"]) == (16, 2, "bfloat16")
+
+    def wrong(*refs, **kwargs):  # a kernel that forgets the values: zeros
+        out = refs[-1]
+        out[...] = jnp.zeros(out.shape, out.dtype)
+
+    monkeypatch.setattr(attention_lib, "_forward_kernel", wrong)
+    capsys.readouterr()
+    assert bench.main(small + ["--dtype", "float32", "--rate", "0"]) == 1
+    captured = capsys.readouterr()
+    assert '"match": false' in captured.out and "differs from the reference" in captured.err

@@ -268,7 +268,8 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
     root = pathlib.Path(__file__).resolve().parents[1]
     out = tmp_path / "out"
     env = {**os.environ, "BUDGET_S": "240", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
-           "BENCH_ARGS": "--batch_size 8 --steps 2 --repeats 1 --sync_steps 1 --warmup 1"}
+           "BENCH_ARGS": "--batch_size 8 --steps 2 --repeats 1 --sync_steps 1 --warmup 1",
+           "ATTENTION_ARGS": "--interpret --batch_size 2 --heads 2 --calls 1 --repeats 1"}
     result = subprocess.run(
         ["bash", "launch/gpu_bench.sh", str(out), TINY, "mlp:float32",
          "mlp:float32:rng_impl=rbg,model.text.attention_impl=auto", "transformer:float16",
@@ -290,6 +291,9 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
     # The repeat of the first setting loads the step the first run compiled.
     assert lines[4]["compile_s"] < 0.7 * lines[0]["compile_s"], (lines[0], lines[4])
     log = (out / "log.txt").read_text()
+    # Phase 0: the attention kernel's check, in Pallas's interpreter here.
+    checked = json.loads(next(x for x in log.splitlines() if x.startswith('{"bench": "attention"')))
+    assert checked["match"] and checked["interpret"] and "== attention kernel" in log
     assert log.count("(compile only)") == 2 and "compiling 3 settings in parallel" in log
     assert sorted(p.name for p in out.iterdir()) == [
         "bench.jsonl", "log.txt", "profile.json", "profile.txt", "profile_b.json",

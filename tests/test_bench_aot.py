@@ -164,12 +164,22 @@ def test_ptx_reader_finds_the_output_kernel_and_counts_per_element():
     # Four bfloat16 elements in one 4-vector store, two xors: half an xor per element. Six
     # instructions (a guarded branch among them); not the directive, comment or label.
     assert ptx.kernel_stats(_PTX, "loop_select_fusion_2", 16) == {
-        "instructions_per_thread": 6, "xor_per_thread": 2, "elements_per_thread": 4,
-        "instructions_per_element": 1.5, "xor_per_element": 0.5}
+        "instructions_per_thread": 6, "xor_per_thread": 2, "local_per_thread": 0,
+        "mma_per_thread": 0, "elements_per_thread": 4, "instructions_per_element": 1.5,
+        "xor_per_element": 0.5}
     # One 32-bit store and one 2-vector of float32: three elements.
     assert ptx.kernel_stats(_PTX, "other_fusion", 32) == {
-        "instructions_per_thread": 4, "xor_per_thread": 1, "elements_per_thread": 3,
-        "instructions_per_element": 1.33, "xor_per_element": 0.33}
+        "instructions_per_thread": 4, "xor_per_thread": 1, "local_per_thread": 0,
+        "mma_per_thread": 0, "elements_per_thread": 3, "instructions_per_element": 1.33,
+        "xor_per_element": 0.33}
+    # A Triton kernel: tensor-core instructions, and a spill to local memory and back.
+    triton = (".visible .entry attention_forward(\n\t.param .u64 p0\n)\n{\n"
+              "\tmma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%r1}, {%r2}, {%r3}, {%r1};\n"
+              "\t@%p1 st.local.b32 \t[%rd9], %r1;\n\tld.local.b32 \t%r4, [%rd9];\n"
+              "\twgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%r5}, %rd1, %rd2;\n"
+              "\tst.global.b16 \t[%rd1], %rs1;\n\tret;\n}\n")
+    stats = ptx.kernel_stats(triton, "attention_forward", 16)
+    assert (stats["local_per_thread"], stats["mma_per_thread"]) == (2, 2)
     assert list(ptx.entries(_PTX)) == ["loop_select_fusion_2", "other_fusion"]
     with pytest.raises(ValueError, match="no PTX entry 'missing'.*other_fusion"):
         ptx.kernel_stats(_PTX, "missing", 16)
@@ -208,9 +218,10 @@ def test_ptx_dump_flags_and_every_ptx_file_of_a_module(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--layer", "taps", "--shape", "64,1001"], "--shape takes three sizes"),
+    (["--layer", "taps", "--shape", "64,1001"], "--shape takes 3 sizes for taps"),
     (["--layer", "gelu", "--shape", "64,x,64"], "--shape takes comma-separated sizes"),
-    (["--layer", "taps", "--shape", "1,2,3,4"], "--shape takes three sizes"),
+    (["--layer", "taps", "--shape", "1,2,3,4"], "--shape takes 3 sizes for taps"),
+    (["--layer", "attention", "--shape", "64,32,16"], "--shape takes 4 sizes for attention"),
     (["--layer", "softmax"], "invalid choice: 'softmax'"),
     ([], "the following arguments are required: --layer")])
 def test_layer_kernel_refuses_bad_arguments(args, message, capsys):

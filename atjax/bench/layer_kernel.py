@@ -1,4 +1,4 @@
-"""`python -m atjax.bench layer_kernel --layer taps|gelu [--target h200|h100]
+"""`python -m atjax.bench layer_kernel --layer taps|gelu|attention [--target h200|h100]
 [--shape ...] [--out FILE]`
 
 What one layer of the step compiles to on a GPU that is not attached (`python -m
@@ -6,7 +6,8 @@ atjax.bench aot`'s targets; needs JAX's CUDA plugin, see the README's Install): 
 forward pass and its backward pass, as the model takes them, each compiled with XLA's dump
 on. One JSON line per pass and form: the kernels the module launches, their traffic, and
 for each kernel with PTX (XLA's own fusions, Triton matmuls) the instructions a thread
-runs and the elements it stores (`atjax.bench.ptx`).
+runs, its local-memory loads and stores (spills), its tensor-core instructions and the
+elements it stores (`atjax.bench.ptx`).
 
 Why instructions: a few elementwise kernels of the step are bound by their instructions,
 not by memory. On an H200 (taps + weight copies, 56115ca profile) the taps stem's forward
@@ -22,6 +23,9 @@ Layers:
   - gelu: the text encoder's bias add and exact GELU after its 4,096-wide matmul, in
     bfloat16, on --shape (default 64,32,4096), rematerialised in the backward as
     `model.text.remat_activation` does; both forms: `jax.nn.gelu` and `atjax.gelu`.
+  - attention: the text encoder's attention core (`atjax.attention`) on --shape (batch,
+    tokens, heads, head dim; default 64,32,16,64), bfloat16, with the attention dropout's
+    mask; both forms: the einsums ("xla") and the Pallas kernel ("pallas").
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import sys
 
 from atjax.bench import emit
 
-DEFAULT_SHAPES = {"taps": "64,1001,64", "gelu": "64,32,4096"}
+DEFAULT_SHAPES = {"taps": "64,1001,64", "gelu": "64,32,4096", "attention": "64,32,16,64"}
 
 
 def _layer_passes(layer: str, shape: tuple[int, ...], sharding):
@@ -58,6 +62,27 @@ def _layer_passes(layer: str, shape: tuple[int, ...], sharding):
 
         return [("tap_conv", "forward", forward, (x, kernel)),
                 ("tap_conv", "backward", backward, (x, kernel, g))]
+
+    if layer == "attention":
+        from atjax import attention as attention_lib
+
+        batch, tokens, heads, head_dim = shape
+        qkv = spec((batch, tokens, 3 * heads, head_dim), jnp.bfloat16)
+        key_bias, keep = spec((batch, tokens), jnp.float32), spec(
+            (batch, heads, tokens, tokens), jnp.bool_)
+        g = spec((batch, tokens, heads, head_dim), jnp.bfloat16)
+        passes = []
+        for impl in ("xla", "pallas"):
+            def forward(qkv, key_bias, keep, impl=impl):
+                return attention_lib.attention(qkv, key_bias, keep, num_heads=heads,
+                                               keep_prob=0.9, impl=impl)
+
+            def backward(qkv, key_bias, keep, g, forward=forward):
+                return jax.vjp(lambda x: forward(x, key_bias, keep), qkv)[1](g)
+
+            passes += [(impl, "forward", forward, (qkv, key_bias, keep)),
+                       (impl, "backward", backward, (qkv, key_bias, keep, g))]
+        return passes
 
     from atjax import gelu as gelu_lib
     from atjax.encoders import text
@@ -86,7 +111,8 @@ def run(layer: str, target: str, shape: tuple[int, ...], dump: pathlib.Path) -> 
     sharding = jax.sharding.SingleDeviceSharding(device)
     results = []
     for i, (form, name, fn, args) in enumerate(_layer_passes(layer, shape, sharding)):
-        text, code = ptx.compile_with_ptx(fn, args, f"{layer}{i}_{name}", dump)
+        with aot.target_context([device]):  # Pallas's lowering reads the target's GPU
+            text, code = ptx.compile_with_ptx(fn, args, f"{layer}{i}_{name}", dump)
         entries = ptx.entries(code)
         summary = aot.module_summary(text)
         root = ptx.root_kernel(text)
@@ -112,7 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("--layer", choices=tuple(DEFAULT_SHAPES), required=True)
     parser.add_argument("--target", choices=("h200", "h100"), default="h200")
     parser.add_argument("--shape", default=None,
-                        help="taps: batch, frames, mel bins; gelu: batch, tokens, features")
+                        help="taps: batch, frames, mel bins; gelu: batch, tokens, features; "
+                        "attention: batch, tokens, heads, head dim")
     parser.add_argument("--out", default=None, help="also append the JSON lines here")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     text = args.shape or DEFAULT_SHAPES[args.layer]
@@ -120,8 +147,9 @@ def main(argv=None) -> int:
         shape = tuple(int(d) for d in text.split(","))
     except ValueError:
         parser.error(f"--shape takes comma-separated sizes, got {text!r}")
-    if len(shape) != 3:
-        parser.error(f"--shape takes three sizes, got {text!r}")
+    sizes = len(DEFAULT_SHAPES[args.layer].split(","))
+    if len(shape) != sizes:
+        parser.error(f"--shape takes {sizes} sizes for {args.layer}, got {text!r}")
     from atjax.bench import ptx
 
     for result in run(args.layer, args.target, shape, ptx.start_dump("atjax-layer-ptx-")):

@@ -35,13 +35,18 @@ def root_kernel(hlo_text: str) -> str:
 
 def kernel_stats(ptx: str, kernel: str, element_bits: int) -> dict:
     """Per thread of the PTX entry `kernel`: instructions, `xor.b32` instructions (threefry's
-    rounds) and elements of `element_bits` stored, and both counts per element stored."""
+    rounds), local-memory loads and stores (registers spilled, or arrays the compiler could
+    not keep in registers), tensor-core instructions (`mma`, `wgmma`) and elements of
+    `element_bits` stored, and the first two counts per element stored."""
     bodies = entries(ptx)
     if kernel not in bodies:
         raise ValueError(f"no PTX entry {kernel!r} (entries: {sorted(bodies)})")
     body = bodies[kernel]
     instructions = len(_INSTRUCTION.findall(body))
     xors = len(re.findall(r"\bxor\.b32\b", body))
+    local = len(re.findall(r"^\s*(?:@!?%\w+\s+)?(?:ld|st)\.local\b", body, re.MULTILINE))
+    mma = len(re.findall(r"^\s*(?:@!?%\w+\s+)?w?gmma\b|^\s*(?:@!?%\w+\s+)?mma\.",
+                         body, re.MULTILINE))
     stored_bits = sum(int(v or 1) * int(bits) for v, bits in _STORE.findall(body))
     elements = stored_bits // element_bits
 
@@ -49,7 +54,7 @@ def kernel_stats(ptx: str, kernel: str, element_bits: int) -> dict:
         return round(n / elements, 2) if elements else None
 
     return {"instructions_per_thread": instructions, "xor_per_thread": xors,
-            "elements_per_thread": elements,
+            "local_per_thread": local, "mma_per_thread": mma, "elements_per_thread": elements,
             "instructions_per_element": per_element(instructions),
             "xor_per_element": per_element(xors)}
 
