@@ -163,26 +163,74 @@ def available() -> bool:
     return True
 
 
-def _call(kernel, args, out_shape, *, name, matmuls, interpret, num_warps):
-    """`kernel` run once per (sequence, head) on `args`. `name` is the kernel's name in a
-    profile's trace (`atjax.bench.profile` finds it by that name); `matmuls` counts its
-    [tokens, tokens, head_dim] products, for XLA's cost model."""
+def _pallas(kernel, out_heads, name, matmuls, interpret, num_warps, *args):
+    """`kernel` run once per (sequence, head) of `args` (qkv first), writing an array of
+    qkv's shape with `out_heads` heads. `name` is the kernel's name in a profile's trace
+    (`atjax.bench.profile` finds it by that name); `matmuls` counts its [tokens, tokens,
+    head_dim] products, for XLA's cost model."""
     from jax.experimental import pallas as pl
 
     batch, tokens, _, head_dim = args[0].shape
     heads = args[0].shape[2] // 3
+    out = jax.ShapeDtypeStruct((batch, tokens, out_heads, head_dim), args[0].dtype)
     cost = pl.CostEstimate(
         flops=2 * matmuls * batch * heads * tokens * tokens * head_dim,
         transcendentals=batch * heads * tokens * tokens,
-        bytes_accessed=sum(a.size * a.dtype.itemsize for a in args)
-        + out_shape.size * out_shape.dtype.itemsize)
+        bytes_accessed=sum(a.size * a.dtype.itemsize for a in args) + out.size * out.dtype.itemsize)
     params = {}
     if not interpret:
         from jax.experimental.pallas import triton as plgpu
 
         params["compiler_params"] = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
-    return pl.pallas_call(kernel, out_shape=out_shape, grid=(batch, heads), name=name,
+    return pl.pallas_call(kernel, out_shape=out, grid=(batch, heads), name=name,
                           cost_estimate=cost, interpret=interpret, **params)(*args)
+
+
+@functools.cache
+def _batch_partitioned(kernel_fn, statics: tuple, out_heads: int, name: str, matmuls: int,
+                       interpret: bool, num_warps: int, arity: int):
+    """`_pallas` for `arity` arguments, split along the batch under XLA's partitioner.
+
+    A kernel is a custom call that the SPMD partitioner cannot look into: under a jit
+    whose batch is sharded over devices (the trainer's data parallelism) it gathered the
+    whole batch on every device and ran the kernel on all of it there (compiled for 8
+    H200s). Each program reads one sequence, so the batch can be split at will: each
+    device runs the kernel on its own sequences, every other dimension whole."""
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    kernel = functools.partial(kernel_fn, **dict(statics))
+
+    def run(*args):
+        return _pallas(kernel, out_heads, name, matmuls, interpret, num_warps, *args)
+
+    partitioned = custom_partitioning(run)
+
+    def batch_sharding(mesh, arg_shapes):
+        spec = arg_shapes[0].sharding.spec
+        return NamedSharding(mesh, P(spec[0] if len(spec) else None))
+
+    def infer(mesh, arg_shapes, result_shape):
+        del result_shape
+        return batch_sharding(mesh, arg_shapes)
+
+    def partition(mesh, arg_shapes, result_shape):
+        del result_shape
+        sharding = batch_sharding(mesh, arg_shapes)
+        return mesh, run, sharding, (sharding,) * len(arg_shapes)
+
+    # Factor names for Shardy: the batch ("b") shared by every operand and the result,
+    # each other dimension its own.
+    operands = ["b q0 q1 q2", "b k0"] + [f"b m{i}0 m{i}1 m{i}2" for i in range(arity - 2)]
+    partitioned.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                              sharding_rule=", ".join(operands) + " -> b o0 o1 o2")
+    return partitioned
+
+
+def _call(kernel_fn, statics: dict, args, *, out_heads, name, matmuls, interpret, num_warps):
+    """`kernel_fn` with `statics` (keyword arguments) on `args`, batch-partitioned."""
+    return _batch_partitioned(kernel_fn, tuple(sorted(statics.items())), out_heads, name,
+                              matmuls, interpret, num_warps, len(args))(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -191,29 +239,27 @@ def _kernel_attention(qkv, key_bias, keep, num_heads, keep_prob, interpret):
 
 
 def _kernel_forward(qkv, key_bias, keep, num_heads, keep_prob, interpret):
-    batch, tokens, _, head_dim = qkv.shape
     has_keep = keep is not None
-    kernel = functools.partial(_forward_kernel, num_heads=num_heads, head_dim=head_dim,
-                               keep_prob=keep_prob, has_keep=has_keep)
+    statics = dict(num_heads=num_heads, head_dim=qkv.shape[-1], keep_prob=keep_prob,
+                   has_keep=has_keep)
     args = (qkv, key_bias) + ((keep,) if has_keep else ())
-    out = jax.ShapeDtypeStruct((batch, tokens, num_heads, head_dim), qkv.dtype)
-    context = _call(kernel, args, out, name="attention_forward", matmuls=2,
-                    interpret=interpret, num_warps=_FORWARD_WARPS)
+    context = _call(_forward_kernel, statics, args, out_heads=num_heads,
+                    name="attention_forward", matmuls=2, interpret=interpret,
+                    num_warps=_FORWARD_WARPS)
     return context, (qkv, key_bias, keep)
 
 
 def _kernel_backward(num_heads, keep_prob, interpret, residuals, g):
     qkv, key_bias, keep = residuals
     has_keep = keep is not None
-    kernel = functools.partial(_backward_kernel, num_heads=num_heads,
-                               head_dim=qkv.shape[-1], keep_prob=keep_prob,
-                               has_keep=has_keep)
+    statics = dict(num_heads=num_heads, head_dim=qkv.shape[-1], keep_prob=keep_prob,
+                   has_keep=has_keep)
     args = (qkv, key_bias) + ((keep,) if has_keep else ()) + (g.astype(qkv.dtype),)
-    out = jax.ShapeDtypeStruct(qkv.shape, qkv.dtype)
     # Five products: the logits again, then the gradients of the context (two) and of
     # the logits (two).
-    dqkv = _call(kernel, args, out, name="attention_backward", matmuls=5,
-                 interpret=interpret, num_warps=_BACKWARD_WARPS)
+    dqkv = _call(_backward_kernel, statics, args, out_heads=3 * num_heads,
+                 name="attention_backward", matmuls=5, interpret=interpret,
+                 num_warps=_BACKWARD_WARPS)
     d_keep = None if keep is None else np.zeros(keep.shape, jax.dtypes.float0)
     return dqkv, jnp.zeros_like(key_bias), d_keep
 

@@ -101,10 +101,11 @@ def target_devices(target: str, count: int = 1) -> list:
 
 
 def target_context(devices):
-    """A context to lower in for `devices`: for compile-only GPUs, an abstract mesh of them.
-    Pallas's Triton lowering (`atjax.attention`) reads the GPU it compiles for from the
-    default device, a CPU here, unless an abstract mesh names another (jax 0.11; jax 0.10
-    needs nothing)."""
+    """A context to lower and compile in for `devices`: for compile-only GPUs, an abstract
+    mesh of them. Pallas's Triton lowering (`atjax.attention`) reads the GPU it compiles
+    for from the default device, a CPU here, unless an abstract mesh names another (jax
+    0.11; jax 0.10 needs nothing), and XLA's partitioner lowers Pallas calls again while
+    compiling."""
     import contextlib
 
     import jax
@@ -242,9 +243,8 @@ def run_setting(config, head: str, dtype: str, args, devices) -> dict:
     config = bench.setting_config(config, head, dtype, args.batch_size)
     step, arguments = abstract_step(config, devices, args.text_length)
     start = time.perf_counter()
-    with target_context(devices):
-        lowered = step.lower(*arguments)
-    compiled = lowered.compile()
+    with target_context(devices):  # compiling too: the partitioner lowers Pallas calls
+        compiled = step.lower(*arguments).compile()
     compile_s = time.perf_counter() - start
     text = compiled.as_text()
     if args.hlo:
