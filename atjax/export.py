@@ -99,6 +99,10 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path
     bundle_config.model.audio.checkpoint = ""
     bundle_config.model.text.pretrained = False
     bundle_config.model.text.path = "tokenizer"
+    # A bundle runs anywhere: the attention kernel where it applies, else the einsums
+    # (the same function); "pallas" alone would refuse a CPU.
+    if bundle_config.model.text.get("attention_impl") == "pallas":
+        bundle_config.model.text.attention_impl = "auto"
     (tmp / "config.json").write_text(bundle_config.to_json_best_effort(indent=2))
     (tmp / MARKER).write_text(json.dumps({"format": BUNDLE_FORMAT, "step": step,
                                           "workdir": str(workdir.absolute())}, indent=2))

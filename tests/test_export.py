@@ -52,6 +52,23 @@ def test_bundle_round_trip_gives_the_trainers_embeddings(trained, tmp_path):
         export_lib.export(workdir, bundle)
 
 
+def test_bundle_of_a_run_with_the_attention_kernel_runs_on_cpu(trained, tmp_path):
+    # A run trained on GPUs with model.text.attention_impl=pallas (CUDA only): its workdir
+    # refuses a CPU with a clear error; its bundle takes "auto", the same function.
+    workdir, audio, audio_ref, text_ref = trained
+    gpu_run = tmp_path / "gpu_run"
+    shutil.copytree(workdir, gpu_run)
+    config = json.loads((gpu_run / "config.json").read_text())
+    config["model"]["text"]["attention_impl"] = "pallas"
+    (gpu_run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="attention impl='pallas'"):
+        atjax.load(gpu_run).embed_text(TEXTS)
+    bundle = export_lib.export(gpu_run, tmp_path / "bundle")
+    assert json.loads((bundle / "config.json").read_text())["model"]["text"][
+        "attention_impl"] == "auto"
+    np.testing.assert_allclose(atjax.load(bundle).embed_text(TEXTS), text_ref, atol=1e-5)
+
+
 def test_bundle_with_hwio_kernels_loads(trained, tmp_path):
     # A bundle exported before the audio conv kernels became OHWI holds them HWIO.
     workdir, audio, audio_ref, _ = trained
