@@ -6,8 +6,11 @@ atjax.bench aot`'s targets; needs JAX's CUDA plugin, see the README's Install): 
 forward pass and its backward pass, as the model takes them, each compiled with XLA's dump
 on. One JSON line per pass and form: the kernels the module launches, their traffic, and
 for each kernel with PTX (XLA's own fusions, Triton matmuls) the instructions a thread
-runs, its local-memory loads and stores (spills), its tensor-core instructions and the
-elements it stores (`atjax.bench.ptx`).
+runs, its local-memory loads and stores, its tensor-core instructions and the elements
+it stores (`atjax.bench.ptx`). Where a ptxas is found (`atjax.bench.ptx.find_ptxas`:
+$PTXAS, PATH, or the `nvidia-cuda-nvcc-cu12` wheel), also each kernel's registers per
+thread and the bytes the register allocator spilled, which PTX (virtual registers) does
+not show.
 
 Why instructions: a few elementwise kernels of the step are bound by their instructions,
 not by memory. On an H200 (taps + weight copies, 56115ca profile) the taps stem's forward
@@ -109,6 +112,7 @@ def run(layer: str, target: str, shape: tuple[int, ...], dump: pathlib.Path) -> 
 
     device = aot.target_devices(target, 1)[0]
     sharding = jax.sharding.SingleDeviceSharding(device)
+    ptxas = ptx.find_ptxas()
     results = []
     for i, (form, name, fn, args) in enumerate(_layer_passes(layer, shape, sharding)):
         with aot.target_context([device]):  # Pallas's lowering reads the target's GPU
@@ -116,12 +120,14 @@ def run(layer: str, target: str, shape: tuple[int, ...], dump: pathlib.Path) -> 
         entries = ptx.entries(code)
         summary = aot.module_summary(text)
         root = ptx.root_kernel(text)
+        assembled = ptx.assemble(code, ptxas) if ptxas else {}
         kernels = []
         for entry, body in entries.items():
             # Elements in bfloat16, the layer's output dtype: a float32 store counts twice.
             stats = ptx.kernel_stats(body, entry, 16)
             kernels.append({"kernel": entry, **{k: v for k, v in stats.items()
-                                                if not k.startswith("xor")}})
+                                                if not k.startswith("xor")},
+                            **assembled.get(entry, {})})
         results.append({"bench": "layer_kernel", "layer": layer, "form": form, "pass": name,
                         "target": target, "jax": jax.__version__, "shape": list(shape),
                         "kernels": summary["kernels"], "traffic_gb": summary["traffic_gb"],
