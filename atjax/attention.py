@@ -24,11 +24,13 @@ kernels instead of 185 and 12.85 GiB of peak memory instead of 13.06; not yet ti
 
 `impl` picks the form: "xla" (the default) is `reference`, the einsums the encoder used
 before, on any backend; "pallas" is the kernel (Pallas on Triton: CUDA GPUs, token
-counts and head sizes that are powers of two from 16); "auto" is the kernel on CUDA GPUs
-where it applies and the reference elsewhere (`lax.platform_dependent`). `interpret` runs
-the kernel in Pallas's interpreter, which is how the tests check it on a CPU. Pallas's
-Triton backend is deprecated as of jax 0.11 in favour of Mosaic GPU: where a JAX lacks
-it, "auto" takes the reference and "pallas" says so.
+counts and head sizes that are powers of two from 16 to 64); "auto" is the kernel on
+CUDA GPUs where it applies and the reference elsewhere (`lax.platform_dependent`).
+`interpret` runs the kernel in Pallas's interpreter, which is how the tests check it on
+a CPU. Pallas's Triton backend is deprecated as of jax 0.11 in favour of Mosaic GPU:
+where a JAX lacks it, "auto" takes the reference and "pallas" says so. Under a jit whose
+batch is sharded over devices, each device runs the kernel on its own sequences
+(`_batch_partitioned`).
 
 The dropout mask comes from the caller (`atjax.dropout.Dropout.keep_mask`), so both forms
 drop exactly the elements that the encoder's Dropout module drops; the reference is the
@@ -132,6 +134,8 @@ def _backward_kernel(*refs, num_heads, head_dim, keep_prob, has_keep):
     dqkv_ref[b, :, 2 * num_heads + h, :] = dv.astype(dqkv_ref.dtype)
 
 
+_MAX_TILE = 64  # tokens and head_dim, see _unsupported
+
 # Untuned (no GPU has run these kernels yet): a program holds a few 32 x 64 tiles.
 _FORWARD_WARPS = 2
 _BACKWARD_WARPS = 4
@@ -147,8 +151,13 @@ def _unsupported(qkv, key_bias, keep, num_heads) -> str | None:
     if keep is not None and keep.shape != (batch, num_heads, tokens, tokens):
         return f"keep must be [{batch}, {num_heads}, {tokens}, {tokens}], got {keep.shape}"
     for name, n in (("tokens", tokens), ("head_dim", head_dim)):
-        if n < 16 or n & (n - 1):  # Triton's tiles and tl.dot: powers of two, >= 16
-            return f"the kernel needs {name} a power of two >= 16, got {n}"
+        # Triton's tiles and tl.dot take powers of two from 16. A program holds a
+        # [tokens, tokens] tile and [tokens, head_dim] ones in registers: compiled for an
+        # H200 (`python -m atjax.bench layer_kernel --layer attention --shape ...`, ptxas
+        # 12.9), 64 tokens took 182 registers and no spills, 128 spilled 30 kB a thread,
+        # 256 did not fit in shared memory.
+        if n < 16 or n > _MAX_TILE or n & (n - 1):
+            return f"the kernel needs {name} a power of two from 16 to {_MAX_TILE}, got {n}"
     if qkv.size >= 2**31:  # Triton indexes in 32 bits
         return f"the kernel indexes in 32 bits; qkv has {qkv.size} elements"
     return None

@@ -171,8 +171,12 @@ def test_auto_is_the_reference_off_gpu_and_errors_name_the_problem():
     for a, b in zip(auto, xla):
         np.testing.assert_array_equal(a, b)
     odd = qkv[:, :20]  # 20 tokens: no power of two
-    with pytest.raises(ValueError, match="tokens a power of two"):
+    with pytest.raises(ValueError, match="tokens a power of two from 16 to 64, got 20"):
         attention_lib.attention(odd, key_bias[:, :20], None, num_heads=HEADS, impl="pallas")
+    long = jnp.zeros((1, 128, 3 * HEADS, HEAD_DIM))  # spills on an H200: not taken
+    with pytest.raises(ValueError, match="got 128"):
+        attention_lib.attention(long, jnp.zeros((1, 128)), None, num_heads=HEADS,
+                                impl="pallas")
     np.testing.assert_array_equal(  # "auto" takes the reference there
         attention_lib.attention(odd, key_bias[:, :20], None, num_heads=HEADS, impl="auto"),
         attention_lib.attention(odd, key_bias[:, :20], None, num_heads=HEADS, impl="xla"))
