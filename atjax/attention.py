@@ -247,11 +247,15 @@ def _kernel_attention(qkv, key_bias, keep, num_heads, keep_prob, interpret):
     return _kernel_forward(qkv, key_bias, keep, num_heads, keep_prob, interpret)[0]
 
 
+def _statics(qkv, keep, num_heads, keep_prob) -> dict:
+    """The kernels' static keyword arguments."""
+    return dict(num_heads=num_heads, head_dim=qkv.shape[-1], keep_prob=keep_prob,
+                has_keep=keep is not None)
+
+
 def _kernel_forward(qkv, key_bias, keep, num_heads, keep_prob, interpret):
-    has_keep = keep is not None
-    statics = dict(num_heads=num_heads, head_dim=qkv.shape[-1], keep_prob=keep_prob,
-                   has_keep=has_keep)
-    args = (qkv, key_bias) + ((keep,) if has_keep else ())
+    statics = _statics(qkv, keep, num_heads, keep_prob)
+    args = (qkv, key_bias) + (() if keep is None else (keep,))
     context = _call(_forward_kernel, statics, args, out_heads=num_heads,
                     name="attention_forward", matmuls=2, interpret=interpret,
                     num_warps=_FORWARD_WARPS)
@@ -260,10 +264,8 @@ def _kernel_forward(qkv, key_bias, keep, num_heads, keep_prob, interpret):
 
 def _kernel_backward(num_heads, keep_prob, interpret, residuals, g):
     qkv, key_bias, keep = residuals
-    has_keep = keep is not None
-    statics = dict(num_heads=num_heads, head_dim=qkv.shape[-1], keep_prob=keep_prob,
-                   has_keep=has_keep)
-    args = (qkv, key_bias) + ((keep,) if has_keep else ()) + (g.astype(qkv.dtype),)
+    statics = _statics(qkv, keep, num_heads, keep_prob)
+    args = (qkv, key_bias) + (() if keep is None else (keep,)) + (g.astype(qkv.dtype),)
     # Five products: the logits again, then the gradients of the context (two) and of
     # the logits (two).
     dqkv = _call(_backward_kernel, statics, args, out_heads=3 * num_heads,

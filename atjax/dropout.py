@@ -114,12 +114,9 @@ class Dropout(nnx.Dropout):
     def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
         if self.mask_bits == 32 or self.broadcast_dims:
             return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
-        deterministic = self.deterministic if deterministic is None else deterministic
-        if self.rate == 0.0 or deterministic:
+        keep, keep_prob = self.keep_mask(inputs.shape, deterministic=deterministic, rngs=rngs)
+        if keep is None:
             return inputs
-        if self.rate == 1.0:
-            return jnp.zeros_like(inputs)
-        keep, keep_prob = keep_mask_16(self._key(rngs), inputs.shape, self.rate)
         return jax.lax.select(keep, inputs / keep_prob, jnp.zeros_like(inputs))
 
     def keep_mask(self, shape: tuple[int, ...], *, deterministic: bool | None = None,

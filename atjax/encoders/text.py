@@ -68,8 +68,8 @@ class TextEncoderConfig:
     # and 200 training steps amplify that into different results); True/False force it.
     remat_activation: bool | None = None
     # The attention core (atjax.attention): "xla" (einsums), "pallas" (one Pallas kernel
-    # per direction: CUDA GPUs, power-of-two token counts) or "auto" (the kernel where it
-    # applies, the einsums elsewhere). The same function either way.
+    # per direction: CUDA GPUs, 16, 32 or 64 tokens and head sizes) or "auto" (the kernel
+    # where it applies, the einsums elsewhere). The same function either way.
     attention_impl: str = "xla"
 
     def __post_init__(self):
