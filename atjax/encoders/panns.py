@@ -64,6 +64,7 @@ from flax import nnx
 
 from atjax import dropout as dropout_lib
 from atjax import frontend as frontend_lib
+from atjax import ohwi_conv as ohwi_conv_lib
 from atjax import tap_conv as tap_conv_lib
 
 logger = logging.getLogger(__name__)
@@ -257,14 +258,19 @@ class Conv(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, size: int, *, dtype,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, ohwi_kernel_grad: bool = False):
         hwio = _xavier(rngs.params(), (size, size, in_features, out_features), jnp.float32)
         self.kernel = nnx.Param(jnp.transpose(hwio, (3, 0, 1, 2)))
         self.dtype = dtype
         self.padding = size // 2
+        # The kernel gradient by atjax.ohwi_conv (for tiny images, where XLA:GPU returns it
+        # transposed): the same function and gradient.
+        self.ohwi_kernel_grad = ohwi_kernel_grad
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, kernel = nnx.nn.dtypes.promote_dtype((x, self.kernel.get_value()), dtype=self.dtype)
+        if self.ohwi_kernel_grad:
+            return ohwi_conv_lib.ohwi_conv(x, kernel, self.padding)
         pad = [(self.padding, self.padding)] * 2
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), pad,
                                             dimension_numbers=("NHWC", "OHWI", "NHWC"))
@@ -305,8 +311,10 @@ def kernels_from_hwio(tree):
         lambda path, x: jnp.transpose(x, (3, 0, 1, 2)) if _is_conv_kernel(path, x) else x, tree)
 
 
-def _conv(in_features: int, out_features: int, size: int, dtype, rngs: nnx.Rngs) -> Conv:
-    return Conv(in_features, out_features, size, dtype=dtype, rngs=rngs)
+def _conv(in_features: int, out_features: int, size: int, dtype, rngs: nnx.Rngs,
+          ohwi_kernel_grad: bool = False) -> Conv:
+    return Conv(in_features, out_features, size, dtype=dtype, rngs=rngs,
+                ohwi_kernel_grad=ohwi_kernel_grad)
 
 
 def _avg_pool_2x2(x: jax.Array) -> jax.Array:
@@ -318,15 +326,16 @@ def _avg_pool_2x2(x: jax.Array) -> jax.Array:
 
 class ConvBlock(nnx.Module):
     """Two 3x3 conv -> BatchNorm -> ReLU layers, optionally followed by a 2x2 avg-pool.
-    `taps`: the first convolution (one input channel) by atjax.tap_conv, same parameters."""
+    `taps`: the first convolution (one input channel) by atjax.tap_conv, same parameters.
+    `ohwi_kernel_grad`: both kernels' gradients by atjax.ohwi_conv (see `Conv`)."""
 
     def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs,
-                 taps: bool = False):
+                 taps: bool = False, ohwi_kernel_grad: bool = False):
         if taps and in_features != 1:
             raise ValueError(f"a tap convolution needs one input channel, not {in_features}")
-        self.conv1 = _conv(in_features, out_features, 3, dtype, rngs)
+        self.conv1 = _conv(in_features, out_features, 3, dtype, rngs, ohwi_kernel_grad)
         self.bn1 = BatchNorm(out_features, dtype=dtype)
-        self.conv2 = _conv(out_features, out_features, 3, dtype, rngs)
+        self.conv2 = _conv(out_features, out_features, 3, dtype, rngs, ohwi_kernel_grad)
         self.bn2 = BatchNorm(out_features, dtype=dtype)
         self.taps = taps
 
@@ -437,7 +446,9 @@ class ResNet(nnx.Module):
                 features = width * _EXPANSION[config.block]
             stages.append(nnx.List(stage))
         self.stages = nnx.List(stages)
-        self.conv_block_after1 = ConvBlock(features, config.embed_dim, dtype=dtype, rngs=rngs)
+        # Runs on the tiny last image (31 x 2 for 10 s clips): see atjax.ohwi_conv.
+        self.conv_block_after1 = ConvBlock(features, config.embed_dim, dtype=dtype, rngs=rngs,
+                                           ohwi_kernel_grad=True)
         self.pooled_dropout = dropout_lib.Dropout(config.pooled_dropout, rngs=rngs)
         self.fc1 = nnx.Linear(config.embed_dim, config.embed_dim, dtype=dtype,
                               kernel_init=_xavier, rngs=rngs)
