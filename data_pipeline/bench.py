@@ -11,6 +11,13 @@ without ACBA and once with `--acba_fraction`, and prints one JSON line per run:
 clips per second (wall) and clips per CPU-second ("per core": the process's user+system
 time, all threads, so it is fair when other programs share the machine), plus the load
 average, which says how contended the machine was.
+
+`python -m data_pipeline.bench --caption_spread` measures instead how often a batch holds
+two captions of one clip (InfoNCE takes the second as a negative of the first's audio):
+the real TrainInput over in-memory sources of the paper's pre-training mixture
+(`--mixture`, clips x captions per source; 16-sample clips, since only the order matters),
+its batches of one epoch read back to clip ids, against a uniform permutation of the
+same examples. One JSON line.
 """
 
 from __future__ import annotations
@@ -124,6 +131,75 @@ def run(args, acba_fraction: float, source) -> dict:
     }
 
 
+# The paper's pre-training set (Tr, ../shared/design/datasets.md): clips x captions each.
+PAPER_MIXTURE = "audiocaps=49838x1,clotho=3839x5,macs=3930x5,fsd50k=36796x1"
+
+
+def _mixture(spec: str) -> dict[str, tuple[int, int]]:
+    out = {}
+    for part in spec.split(","):
+        try:
+            name, size = part.split("=")
+            clips, captions = (int(v) for v in size.split("x"))
+        except ValueError:
+            raise SystemExit(f"--mixture: expected name=CLIPSxCAPTIONS,..., got {part!r}") from None
+        if clips < 1 or captions < 1:
+            raise SystemExit(f"--mixture: {part!r} needs at least one clip and one caption")
+        out[name] = (clips, captions)
+    return out
+
+
+def caption_spread(args) -> dict:
+    """Batches of one epoch with some clip twice, for the pipeline and a full shuffle."""
+    import tensorflow as tf
+
+    from data_pipeline import pipeline
+
+    mixture = _mixture(args.mixture)
+    sources, clip_of = {}, {}
+    for s, (name, (clips, captions)) in enumerate(mixture.items()):
+        ids = [f"{name}{i}" for i in range(clips)]
+        texts = [[f"{name} clip {i} take {j}" for j in range(captions)] for i in range(clips)]
+        sources[name] = tf.data.Dataset.from_tensor_slices({
+            "id": ids, "audio": np.ones((clips, 16), np.int16), "captions": texts})
+        clip_of.update({t: s * 10**7 + i for i, row in enumerate(texts) for t in row})
+    names = {}
+
+    def tokenizer(texts):
+        # Each row's first token is its clip's number: the batch reads back to clips.
+        ids = np.zeros((len(texts), 2), np.int32)
+        for r, t in enumerate(texts):
+            ids[r, 0] = clip_of.get(t, -1 - names.setdefault(t, len(names)))
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    config = pipeline.default_config()
+    config.sources = sources
+    config.shuffle_buffer = args.shuffle_buffer
+    train_input = pipeline.TrainInput(config, batch_size=args.batch_size, sample_rate=1000,
+                                      clip_samples=16, chunk_samples=None, tokenizer=tokenizer,
+                                      seed=0)
+    batches = train_input.units_per_epoch // args.batch_size
+    start, seen = time.perf_counter(), []
+    for b in range(batches):
+        seen.append(next(train_input)["input_ids"][:, 0])
+        if (b + 1) % 500 == 0:
+            rate = (b + 1) / (time.perf_counter() - start)
+            print(f"# {b + 1}/{batches} batches, {rate:.0f}/s", file=sys.stderr, flush=True)
+    seen = np.stack(seen)
+
+    def repeats(order: np.ndarray) -> tuple[int, int]:
+        distinct = np.array([len(np.unique(row)) for row in order])
+        return int(np.sum(distinct < order.shape[1])), int(np.sum(order.shape[1] - distinct))
+
+    shuffled = np.random.default_rng(0).permutation(seen.ravel()).reshape(seen.shape)
+    pipe, full = repeats(seen), repeats(shuffled)
+    return {"bench": "caption_spread", "mixture": args.mixture, "batch_size": args.batch_size,
+            "shuffle_buffer": args.shuffle_buffer, "batches": batches,
+            "batches_with_a_clip_twice": pipe[0], "extra_rows_of_a_clip": pipe[1],
+            "full_shuffle_batches_with_a_clip_twice": full[0],
+            "full_shuffle_extra_rows_of_a_clip": full[1]}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m data_pipeline.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--sample_rate", type=int, default=32000)
@@ -141,7 +217,14 @@ def main(argv=None) -> None:
     p.add_argument("--warmup_batches", type=int, default=3)
     p.add_argument("--batches_timed", type=int, default=20)
     p.add_argument("--keep", default="", help="write the generated source here and keep it")
+    p.add_argument("--caption_spread", action="store_true",
+                   help="measure how often a batch holds one clip twice (see above)")
+    p.add_argument("--mixture", default=PAPER_MIXTURE,
+                   help="--caption_spread's sources: name=CLIPSxCAPTIONS,...")
     args = p.parse_args(argv)
+    if args.caption_spread:
+        print(json.dumps(caption_spread(args)), flush=True)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.keep or tmp

@@ -442,19 +442,38 @@ class _Graph:
         return plan.source.dataset.enumerate().filter(_no_autograph(lambda i, x: keep[i])).map(_no_autograph(checked))
 
     def _examples(self, plan: _SourcePlan, twin: bool):
+        """One example per (clip, caption), in rounds: round r is caption r of every clip
+        that has more than r captions, in stored order.
+
+        Not a clip's captions one after another: the shuffle buffer mixes only
+        `shuffle_buffer` neighbouring examples, so adjacent captions of one clip (5 in
+        Clotho, 2-5 in MACS) would often meet in a batch, where InfoNCE takes the second as
+        a negative of the first's audio. Over an epoch of the paper's pre-training mixture
+        in batches of 64 (`python -m data_pipeline.bench --caption_spread --shuffle_buffer
+        2048`, `benchmarks/cpu_caption_spread_2026-11-27.jsonl`), 851 of 1,960 batches held
+        some clip twice with adjacent captions; none with rounds, and 35 in a uniform
+        permutation of the same examples. A source is read once per round."""
         tf = self.tf
         texts, extra = _ragged(plan.texts), _ragged(plan.extra)
+        counts = tf.constant([len(t) for t in plan.texts], tf.int64)
 
-        def expand(i, x):
-            rows = {"text": texts[i]}
-            if twin:
-                rows["twin_text"] = extra[i]
-            clip = {"audio": x["audio"]}
-            if twin:
-                clip["twin_audio"] = x["twin_audio"]
-            return tf.data.Dataset.from_tensor_slices(rows).map(_no_autograph(lambda r: {**clip, **r}))
+        def round_r(r):
+            def has(i, x):
+                return counts[i] > r
 
-        return self._clips(plan).flat_map(_no_autograph(expand))
+            def example(i, x):
+                row = {"audio": x["audio"], "text": texts[i][r]}
+                if twin:
+                    row.update(twin_audio=x["twin_audio"], twin_text=extra[i][r])
+                return row
+
+            return self._clips(plan).filter(_no_autograph(has)).map(_no_autograph(example))
+
+        rounds = max((len(t) for t in plan.texts), default=0)
+        examples = round_r(0)
+        for r in range(1, rounds):
+            examples = examples.concatenate(round_r(r))
+        return examples
 
     def _processed(self, units, skip, process):
         # The skip comes before the map: a resumed run does not crop, fade or convert the

@@ -143,6 +143,34 @@ def test_epoch_is_every_pair_once_as_fixed_shape_crops():
     assert len(set(offsets)) > 3  # crops start at random positions
 
 
+def test_captions_of_a_clip_are_spread_over_the_epoch():
+    # 40 clips with 5 captions among 200 with one, a buffer of 4: stored one after another,
+    # a clip's captions would often share a batch of 8 (InfoNCE would take one as the
+    # other's negative); spread in rounds (about 80 examples apart), none does, and every
+    # pair still comes once.
+    five = make_clips(40, prefix="c", captions=5, lengths=(20, 40), seed=1)
+    one = make_clips(200, prefix="s", captions=1, lengths=(20, 40), seed=2)
+    train_input = make_input({"five": dataset(five), "one": dataset(one)}, shuffle_buffer=4)
+    assert train_input.examples_per_epoch == 400
+    texts = [t for b in take(train_input, 50) for t in texts_of(b)]
+    assert sorted(texts) == sorted(t for c in five + one for t in c["captions"])
+    clips = [t.split(" take ")[0] for t in texts]
+    twice = [b for b in range(50) if len(set(clips[8 * b:8 * b + 8])) < 8]
+    assert twice == []
+
+
+def test_caption_spread_benchmark(capsys):
+    from data_pipeline import bench
+
+    bench.main(["--caption_spread", "--mixture", "a=150x1,b=30x5", "--batch_size", "8",
+                "--shuffle_buffer", "4"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["batches"] == 300 // 8 and result["batches_with_a_clip_twice"] == 0
+    assert result["full_shuffle_batches_with_a_clip_twice"] >= 0
+    with pytest.raises(SystemExit, match="name=CLIPSxCAPTIONS"):
+        bench.main(["--caption_spread", "--mixture", "a=150"])
+
+
 def test_deterministic_per_seed():
     clips = make_clips(12, prefix="a")
 
