@@ -270,10 +270,12 @@ def write(*, source: str, data_dir: str, out: str, count: int, seed: int = 0,
     return csv_path
 
 
-def load_written(directory: str, sample_rate: int):
+def load_written(directory: str, sample_rate: int, clip_samples: int | None = None):
     """A set written by `write`, as a tf.data.Dataset with the caption datasets' features
     ("id", "audio" int16, "captions"), in CSV order. The pipeline reads it for a source
-    spec item `acba:DIRECTORY`."""
+    spec item `acba:DIRECTORY`, with `clip_samples` its training length: a set of longer
+    pairs (or of whole clips) is refused, since the training crop would cut one of the two
+    sounds off and leave a caption that states an order the audio no longer has."""
     import tensorflow as tf
 
     csv_path = os.path.join(directory, CSV_NAME)
@@ -283,10 +285,19 @@ def load_written(directory: str, sample_rate: int):
             raise FileNotFoundError(
                 f"not an ACBA set written by `python -m data_pipeline.acba write`: {path} is missing")
     with open(meta_path) as f:
-        written_rate = json.load(f).get("sample_rate")
+        meta = json.load(f)
+    written_rate = meta.get("sample_rate")
     if written_rate != sample_rate:
         raise ValueError(f"ACBA set {directory} was written at {written_rate} Hz, the model needs "
                          f"{sample_rate} Hz; write it again with --sample_rate {sample_rate}")
+    if clip_samples is not None:
+        seconds = meta.get("clip_seconds")
+        if seconds is None or int(round(seconds * sample_rate)) > clip_samples:
+            held = "whole clips" if seconds is None else f"pairs of {seconds:g} s"
+            raise ValueError(
+                f"ACBA set {directory} holds {held}, longer than the {clip_samples / sample_rate:g} s "
+                "that training crops to: the crop would cut one of the two sounds off; write it "
+                f"again with --clip_seconds {clip_samples / sample_rate:g}")
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     missing = [c for c in CSV_COLUMNS if rows and c not in rows[0]]

@@ -5,8 +5,9 @@ A builder for one release (AudioCaps, Clotho, ...) only reads that release's met
 module does the rest the same way for all of them:
 
 - one TFDS BuilderConfig per sample rate, so each model rate is prepared once;
-- decoding on a thread pool, so file reads and resampling overlap TFDS's serialisation;
-  examples keep the release's order;
+- decoding on a thread pool, so file reads and resampling overlap TFDS's serialisation
+  (TFDS then stores the examples in the order of its hashed keys, not the release's: a
+  fixed order, the same on every read);
 - audio stored as raw int16 bytes (`Encoding.BYTES`): a quarter of the default int64
   encoding, and decoding it in tf.data is a `decode_raw`, not an audio codec;
 - missing and undecodable clips skipped, counted, logged, and listed in
@@ -221,7 +222,18 @@ def read_table(path: Path, required: Sequence[str], delimiter: str = ",") -> lis
     if missing:
         raise ValueError(f"{path}: header {header} lacks the column(s) {missing}")
     reader.fieldnames = header
-    return [{k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k is not None} for row in reader]
+    rows = []
+    for row in reader:
+        # More fields than the header: an unquoted delimiter inside a value (a caption
+        # with a comma) would otherwise lose the rest of the value without a word.
+        if None in row:
+            raise ValueError(
+                f"{path} line {reader.line_num}: {len(header) + len(row[None])} fields where the "
+                f"header has {len(header)} (a value with an unquoted {delimiter!r}?)")
+        # Fewer fields: the missing trailing ones are empty, and the columns' own checks
+        # (numbers, required values) then name the line.
+        rows.append({k: (v or "").strip() for k, v in row.items()})
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,8 +120,10 @@ def _default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
-def resolve_sources(value, *, data_dir: str, sample_rate: int, field: str = "sources") -> list[_Source]:
-    """Source spec string, mapping name -> Dataset, list of Datasets or one Dataset."""
+def resolve_sources(value, *, data_dir: str, sample_rate: int, field: str = "sources",
+                    clip_samples: int | None = None) -> list[_Source]:
+    """Source spec string, mapping name -> Dataset, list of Datasets or one Dataset.
+    `clip_samples`: the training length, which a written ACBA set (`acba:DIR`) must fit."""
     import tensorflow as tf
 
     if isinstance(value, tf.data.Dataset):
@@ -131,7 +133,8 @@ def resolve_sources(value, *, data_dir: str, sample_rate: int, field: str = "sou
     elif isinstance(value, (list, tuple)):
         items = [(f"source{i}", d) for i, d in enumerate(value)]
     elif isinstance(value, str):
-        return [_spec_source(item.strip(), data_dir, sample_rate, field) for item in value.split("+")]
+        return [_spec_source(item.strip(), data_dir, sample_rate, field, clip_samples)
+                for item in value.split("+")]
     else:
         raise TypeError(f"config.data.{field} must be a 'name:split+...' spec, a mapping or a list "
                         f"of tf.data.Datasets, got {type(value).__name__}")
@@ -143,12 +146,13 @@ def resolve_sources(value, *, data_dir: str, sample_rate: int, field: str = "sou
     return [_Source(str(name), d) for name, d in items]
 
 
-def _spec_source(item: str, data_dir: str, sample_rate: int, field: str) -> _Source:
+def _spec_source(item: str, data_dir: str, sample_rate: int, field: str,
+                 clip_samples: int | None = None) -> _Source:
     name, sep, split = item.partition(":")
     if not sep or not name or not split:
         raise ValueError(f"config.data.{field}: {item!r} is not 'name:split'")
     if name == "acba":
-        return _Source(item, acba.load_written(split, sample_rate), from_spec=True)
+        return _Source(item, acba.load_written(split, sample_rate, clip_samples), from_spec=True)
     from data_pipeline import datasets
 
     data_dir = data_dir or _default_data_dir()
@@ -319,12 +323,20 @@ def _plan_captions(source: _Source, cat: _Catalog, table: dict[str, str], host: 
 
 
 def _plan_pool(source: _Source, cat: _Catalog, table: dict[str, str], host: np.ndarray,
-               counts: _Counter) -> _SourcePlan:
-    """The ACBA pool of one source: clips with at least one eligible caption, as clauses."""
+               counts: _Counter, fade: int) -> _SourcePlan:
+    """The ACBA pool of one source: clips with at least one eligible caption, as clauses.
+
+    Clips shorter than two cross-fades (`fade` samples each) are skipped and counted
+    (`pool_clips_shorter_than_two_crossfades`): the cross-fade would cover most or all of
+    such a clip, so it would not be heard on its own before or after the other, and the
+    caption would state an order the audio does not have."""
     n = len(cat.ids)
     plan = _SourcePlan(source, cat.ids, np.zeros(n, bool), [[] for _ in range(n)], [[] for _ in range(n)], 0)
     for i in np.flatnonzero(host):
         if cat.samples[i] == 0:
+            continue
+        if cat.samples[i] < 2 * fade:
+            counts.add("pool_clips_shorter_than_two_crossfades")
             continue
         clauses = []
         for c in cat.captions[i]:
@@ -627,7 +639,8 @@ class TrainInput:
         self._tokenizer = tokenizer
         self._text_length = self._probe_tokenizer()
 
-        main = resolve_sources(config.sources, data_dir=config.data_dir, sample_rate=sample_rate)
+        main = resolve_sources(config.sources, data_dir=config.data_dir, sample_rate=sample_rate,
+                               clip_samples=clip_samples)
         pool = []
         if config.acba_fraction > 0:
             # A pool source that is also a main source (AudioCaps train) is indexed once.
@@ -661,12 +674,16 @@ class TrainInput:
         for s in pool:
             counts = _Counter()
             cat = catalogs[id(s)]
-            plan = _plan_pool(s, cat, table, _host_mask(len(cat.ids), process_index, process_count), counts)
+            plan = _plan_pool(s, cat, table, _host_mask(len(cat.ids), process_index, process_count), counts,
+                              acba.fade_samples(sample_rate, config.crossfade_seconds))
             if plan.examples:
                 self._plans[ACBA].append(plan)
             self.stats[f"acba_pool/{s.name}"] = dict(counts, pool_clips=plan.examples)
             log.info("ACBA pool %s: %d of its clips on host %d have a caption without before/after/then/"
                      "followed by", s.name, plan.examples, process_index)
+            if counts.get("pool_clips_shorter_than_two_crossfades"):
+                log.warning("ACBA pool %s: skipped %d clips shorter than two cross-fades (%.2f s)", s.name,
+                            counts["pool_clips_shorter_than_two_crossfades"], 2 * config.crossfade_seconds)
 
         self._units = self._count_units(config.acba_fraction)
         self.units_per_epoch = sum(self._units.values())
@@ -831,16 +848,22 @@ def acba_stream(sources, *, data_dir: str, sample_rate: int, clip_samples: int |
     catalogs = [index_source(s) for s in resolved]
     table = _text_transform(text_transform, spacy_model, {c for cat in catalogs for clip in cat.captions for c in clip})
     plans, counts = [], _Counter()
+    fade = acba.fade_samples(sample_rate, crossfade_seconds)
     for s, cat in zip(resolved, catalogs):
-        plan = _plan_pool(s, cat, table, np.ones(len(cat.ids), bool), counts)
+        plan = _plan_pool(s, cat, table, np.ones(len(cat.ids), bool), counts, fade)
         if plan.examples:
             plans.append(plan)
     total = sum(p.examples for p in plans)
+    short = counts.get("pool_clips_shorter_than_two_crossfades", 0)
+    if short:
+        log.warning("ACBA pool: skipped %d clips shorter than two cross-fades (%.2f s)", short,
+                    2 * crossfade_seconds)
     if total < 2:
-        raise ValueError(f"ACBA needs at least 2 clips with an eligible caption in {sources}, found {total}")
+        raise ValueError(f"ACBA needs at least 2 clips with an eligible caption in {sources}, found {total}"
+                         + (f" ({short} shorter than two cross-fades skipped)" if short else ""))
     log.info("ACBA pool: %d clips with an eligible caption", total)
     graph = _Graph(seed=seed, process_index=0, clip_samples=clip_samples,
-                   fade=acba.fade_samples(sample_rate, crossfade_seconds), rows_per_unit=1,
+                   fade=fade, rows_per_unit=1,
                    shuffle_buffer=default_config().shuffle_buffer, parallel_calls=-1)
     import tensorflow as tf
 

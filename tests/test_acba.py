@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_pipeline import acba
+from data_pipeline import acba, pipeline
 
 
 def loop_crossfade(first, second, fade):
@@ -181,6 +181,12 @@ def test_writer_writes_true_pairs_and_reads_back(tmp_path):
         acba.load_written(str(out), 16000)
     with pytest.raises(FileNotFoundError, match="acba.csv"):
         acba.load_written(str(tmp_path), 1000)
+    # Training on clips of the written length or longer reads it; on shorter ones, whose
+    # crop would cut a sound off, the source spec is refused with the fix.
+    assert len(list(acba.load_written(str(out), 1000, clip_samples=600))) == 6
+    pipeline.resolve_sources(f"acba:{out}", data_dir="", sample_rate=1000, clip_samples=500)
+    with pytest.raises(ValueError, match="pairs of 0.5 s.*--clip_seconds 0.4"):
+        pipeline.resolve_sources(f"acba:{out}", data_dir="", sample_rate=1000, clip_samples=400)
 
 
 def test_writer_cli_keeps_whole_clips(tmp_path):
@@ -209,3 +215,5 @@ def test_writer_cli_keeps_whole_clips(tmp_path):
                                                     f"Sound number {row['second_id'][1:]}", row["preposition"])
     with pytest.raises(ValueError, match="--count"):
         acba.write(source=f"acba:{pool}", data_dir="", out=str(tmp_path / "x"), count=0, sample_rate=1000)
+    with pytest.raises(ValueError, match="holds whole clips"):
+        acba.load_written(str(out), 1000, clip_samples=2000)

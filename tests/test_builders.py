@@ -287,6 +287,26 @@ def test_class_lists_are_checked_against_the_metadata(tmp_path):
                         sample_rate=SR)
 
 
+def test_malformed_metadata_rows_name_their_line(tmp_path):
+    # An unquoted comma in a caption would silently cut it short; a short row would reach
+    # int() as None. Both are errors that name the file's line.
+    table = tmp_path / "captions.csv"
+    table.write_text('file_name,caption_1\na.wav,"A dog barks, then a car passes."\n'
+                     "b.wav,A dog barks, then a car passes.\n")
+    with pytest.raises(ValueError, match="captions.csv line 3: 3 fields where the header has 2"):
+        builder_base.read_table(table, ("file_name", "caption_1"))
+    table.write_text('file_name,caption_1\na.wav,"A dog barks, then a car passes."\nb.wav\n')
+    assert builder_base.read_table(table, ("file_name",)) == [
+        {"file_name": "a.wav", "caption_1": "A dog barks, then a car passes."},
+        {"file_name": "b.wav", "caption_1": ""}]
+    layout = layouts.make_esc50(tmp_path / "release")
+    csv_path = layout.root / "meta/esc50.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(lines[:2] + [lines[2].split(",")[0] + ",1"] + lines[3:]) + "\n")
+    with pytest.raises(ValueError, match="esc50.csv line 3: invalid literal"):
+        prepare.prepare("esc50", data_dir=str(tmp_path / "data"), manual_dir=str(layout.root), sample_rate=SR)
+
+
 def test_prepare_cli(tmp_path, capsys):
     layout = layouts.make_desed(tmp_path / "release")
     args = ["desed", "--manual_dir", str(layout.root), "--data_dir", str(tmp_path / "data"), "--sample_rate", "8000"]

@@ -285,16 +285,21 @@ def test_probes_need_data_dir_for_paper_sets():
         evaluate.run_task("probes", ToneEmbedder(), read=Reader({}))
 
 
-def test_acba_order_controls():
+def test_acba_order_controls(caplog):
     pytest.importorskip("data_pipeline.acba")
-    # One tone per clip, captions without order words: the ACBA pool.
-    pool = Split({"id": f"a{i}", "audio": sequence([name], 1.0, RATE),
-                  "captions": [f"A {name} sounds.", f"Then a {name}"]}
-                 for i, name in enumerate(NAMES))
+    # One tone per clip, captions without order words: the ACBA pool; and a clip shorter
+    # than two cross-fades, which is skipped and logged.
+    pool = Split([{"id": f"a{i}", "audio": sequence([name], 1.0, RATE),
+                   "captions": [f"A {name} sounds.", f"Then a {name}"]}
+                  for i, name in enumerate(NAMES)]
+                 + [{"id": "short", "audio": sequence([NAMES[0]], 0.15, RATE),
+                     "captions": ["A short click."]}])
     sets = {**_caption_sets(), ("audiocaps", "test"): pool}
     model = ToneEmbedder()
-    out = evaluate.run_task("probes", model, data_dir="D", read=Reader(sets), acba_pairs=24,
-                            resamples=100, acba_crossfade_seconds=0.1, acba_clip_seconds=2.5)
+    with caplog.at_level("WARNING"):
+        out = evaluate.run_task("probes", model, data_dir="D", read=Reader(sets), acba_pairs=24,
+                                resamples=100, acba_crossfade_seconds=0.1, acba_clip_seconds=2.5)
+    assert "skipped 1 clips of audiocaps:test shorter than two cross-fades (0.20 s)" in caplog.text
     assert out["acba_twin_count"] == 48
     # Each pair clip is its two 1 s tones cross-faded over 0.1 s, padded to 2.5 s.
     assert sum(n for n, length in model.audio_calls if length == int(2.5 * RATE)) == 48

@@ -265,6 +265,22 @@ def test_acba_rows_equal_the_numpy_reference(batches):
     assert len(preps) >= 3  # prepositions are drawn, not fixed
 
 
+def test_acba_pool_skips_clips_shorter_than_two_crossfades(caplog):
+    # Cross-fade 0.05 s = 50 samples: clips of 60-99 samples would be mostly overlapped, so
+    # they are skipped, counted and logged; 100 samples and more stay.
+    clips = make_clips(12, prefix="a", captions=1, lengths=(100, 160))
+    for c, n in zip(clips[:4], (1, 49, 60, 99)):
+        c["audio"] = c["audio"][:n]
+    with caplog.at_level("WARNING", logger="data_pipeline.pipeline"):
+        train_input = make_input({"a": dataset(clips)}, acba_fraction=0.5,
+                                 acba_sources={"a": dataset(clips)})
+    pool = train_input.stats["acba_pool/a"]
+    assert pool["pool_clips"] == 8 and pool["pool_clips_shorter_than_two_crossfades"] == 4
+    assert "skipped 4 clips shorter than two cross-fades (0.10 s)" in caplog.text
+    texts = [t for t, _ in rows(take(train_input, 3))]
+    assert not any(f"sound {i} " in t for t in texts if t.startswith("A sound") for i in range(4))
+
+
 def test_acba_fraction_sets_the_share_of_rows():
     clips = make_clips(30, prefix="a", captions=1)
     train_input = make_input({"a": dataset(clips)}, acba_fraction=0.25, acba_sources={"a": dataset(clips)})
@@ -454,6 +470,7 @@ def test_prepared_splits_by_spec_and_cached_index(tmp_path, caplog):
     config.sources = "audiocaps:train+audiocaps:test"
     config.data_dir = data_dir
     config.acba_fraction = 0.5
+    config.crossfade_seconds = 0.05  # the layout's clips are shorter than two 1 s fades
 
     def build():
         return pipeline.TrainInput(config, batch_size=4, sample_rate=SR, clip_samples=CLIP, chunk_samples=CHUNK,

@@ -245,11 +245,19 @@ def _acba_controls(embedder, config, *, read, data_dir: str, rate: int, stats: _
     clip_samples = int(round(clip_seconds * rate))
     fade = acba.fade_samples(rate, config.acba_crossfade_seconds)
     eligible: dict[str, list[str]] = {}
+    short = 0
     for example in read(name, split, data_dir, rate):
         caps = [c.strip() for c in example.get("captions", []) if c.strip()
                 and acba.eligible(c)]
-        if caps:
+        # As in training's pool: the cross-fade would cover most of a clip shorter than two
+        # fades, and the caption would state an order the audio does not have.
+        if caps and len(example["audio"]) < 2 * fade:
+            short += 1
+        elif caps:
             eligible[example["id"]] = caps
+    if short:
+        log.warning("ACBA controls: skipped %d clips of %s shorter than two cross-fades (%.2f s)",
+                    short, config.acba_source, 2 * config.acba_crossfade_seconds)
     clip_ids = sorted(eligible)
     if len(clip_ids) < 2:
         log.warning("ACBA controls need 2 clips with eligible captions in %s; skipped",
