@@ -21,6 +21,10 @@ import orbax.checkpoint as ocp
 from atjax.encoders import panns
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose saved state does not fit the model being restored into."""
+
+
 class Checkpoints:
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, best_metric: str | None,
                  best_mode: str = "max"):
@@ -51,7 +55,19 @@ class Checkpoints:
                   metrics: dict[str, float]) -> None:
         if self.best is None or self.best_metric not in metrics:
             return
+        if step in self.best.all_steps():
+            # Written by an interrupted run that a resumed one has caught up with: the same
+            # step of a deterministic run is the same state.
+            return
         self.best.save(step, args=self._args(state, input_state), metrics=metrics)
+
+    def best_step(self) -> int | None:
+        """The step of the best checkpoint (None without one)."""
+        if self.best is None:
+            return None
+        steps = self.best.all_steps()
+        # best/ keeps one; ranking several needs the metric each was saved with.
+        return steps[0] if len(steps) == 1 else self.best.best_step()
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -81,9 +97,34 @@ class Checkpoints:
                                 "it into the current one", step, manager.directory, name)
                 break
             else:
-                raise error from None
+                raise CheckpointMismatchError(self._mismatch(manager, step, abstract_state,
+                                                             error)) from None
         logging.info("restored step %d from %s", step, manager.directory)
         return state, dict(restored.input or {})
+
+    @staticmethod
+    def _mismatch(manager, step: int, abstract_state: Any, error: Exception) -> str:
+        """What does not fit, leaf by leaf, as far as the checkpoint's metadata says."""
+        try:
+            saved = manager.item_metadata(step)["state"]
+            saved = getattr(saved, "tree", saved)
+            has_shape = lambda x: hasattr(x, "shape")  # noqa: E731
+
+            def shapes(tree):  # by path, a dataclass's fields and a dict's keys alike
+                return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                                 for k in p): tuple(x.shape) for p, x in
+                        jax.tree_util.tree_leaves_with_path(tree, is_leaf=has_shape)}
+
+            got, want = shapes(saved), shapes(abstract_state)
+            diffs = [f"{k}: saved {got.get(k, 'absent')}, model {want.get(k, 'absent')}"
+                     for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)]
+        except Exception:  # noqa: BLE001 - the metadata is a help, not a requirement
+            diffs = []
+        listed = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        return (f"step {step} in {manager.directory} does not fit the model this config builds"
+                f"{': ' + listed if diffs else ''}. The workdir holds a run of another model "
+                f"config: resume it with the config.json beside it, or train in a new workdir. "
+                f"(orbax: {str(error).splitlines()[0][:300]})")
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

@@ -64,10 +64,11 @@ def _restore_workdir(workdir: pathlib.Path):
     abstract = ckpt_lib.abstract_like(abstract, sharding)
     best = workdir / "best"
     use_best = best.is_dir() and any(p.name.isdigit() for p in best.iterdir())
-    checkpoints = ckpt_lib.Checkpoints(workdir, keep=1 << 30,
-                                       best_metric="_" if use_best else None)
-    manager = checkpoints.best if use_best else checkpoints.latest
-    step = manager.latest_step() if not use_best else manager.best_step()
+    # The best checkpoint is ranked by the metric it was saved with: the run's best_metric.
+    checkpoints = ckpt_lib.Checkpoints(
+        workdir, keep=1 << 30, best_metric=(config.get("best_metric") or "best_metric")
+        if use_best else None, best_mode=config.get("best_mode") or "max")
+    step = checkpoints.best_step() if use_best else checkpoints.latest_step()
     if step is None:
         raise FileNotFoundError(f"{workdir} holds no checkpoint (checkpoints/ or best/)")
     state, _ = checkpoints.restore(step, abstract, best=use_best)

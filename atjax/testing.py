@@ -44,7 +44,12 @@ class ArrayInput:
         return {k: v[lo:lo + self.batch_size] for k, v in batch.items()}
 
     def get_state(self) -> dict:
-        return {"position": self.position}
+        # Like the real pipeline's, a position belongs to one host's share of the data.
+        return {"position": self.position, "process_index": self.process_index}
 
     def set_state(self, state: dict) -> None:
+        saved = state.get("process_index", self.process_index)
+        if saved != self.process_index:
+            raise ValueError(f"the saved input position is process {saved}'s, not process "
+                             f"{self.process_index}'s")
         self.position = int(state["position"])

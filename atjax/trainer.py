@@ -56,16 +56,23 @@ def default_input_factory(config, *, batch_size, sample_rate, clip_samples, chun
 
 
 class MetricsWriter:
-    """metrics.jsonl (one object per logged step) + TensorBoard summaries, on process 0."""
+    """metrics.jsonl (one object per logged step) + TensorBoard summaries, on process 0.
 
-    def __init__(self, workdir: pathlib.Path, enabled: bool):
+    `resume_step`: the step a resumed run starts from. What the interrupted run logged
+    after it is dropped first (it will be logged again), so no step appears twice."""
+
+    def __init__(self, workdir: pathlib.Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
         self._tb = None
         if enabled:
-            self._file = open(workdir / "metrics.jsonl", "a")
+            path = workdir / "metrics.jsonl"
+            if resume_step and path.exists():
+                _drop_records_after(path, resume_step)
+            self._file = open(path, "a")
             try:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(str(workdir / "tensorboard"))
+                self._tb = SummaryWriter(str(workdir / "tensorboard"),
+                                         purge_step=resume_step + 1 if resume_step else None)
             except ImportError:  # TensorBoard summaries are a convenience, not a requirement
                 logging.warning("tensorboardX not installed: no TensorBoard summaries")
 
@@ -84,6 +91,41 @@ class MetricsWriter:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+    """Rewrites metrics.jsonl without the records of steps after `step` (atomically)."""
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            later = json.loads(line)["step"] > step
+        except (ValueError, KeyError, TypeError):  # a torn last line of a killed run
+            later = True
+        if later:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        tmp.replace(path)
+        logging.info("metrics.jsonl: dropped %d records after step %d (logged again)", dropped,
+                     step)
+
+
+def _gather_json(value) -> list:
+    """`value` (JSON-serialisable) of every process, by process index. A collective: every
+    process calls it at the same point."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(gathered[i, :sizes[i]].tobytes()) for i in range(len(sizes))]
 
 
 class _Preemption:
@@ -147,13 +189,28 @@ class Trainer:
         self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
         self.is_main = jax.process_index() == 0
         self.progress = progress and self.is_main
-        self._write_config()
+        evaluates = bool(config.eval_every_steps) and evaluate_fn is not None
+        if config.early_stopping_patience and not (evaluates and config.best_metric):
+            raise ValueError("early_stopping_patience needs evaluations (eval_every_steps and "
+                             "evals) and a best_metric to watch")
+        if config.best_metric and not evaluates:
+            logging.warning("best_metric=%r but no evaluations run (eval_every_steps=%s, %s "
+                            "evaluator): no best checkpoint will be kept", config.best_metric,
+                            config.eval_every_steps, "an" if evaluate_fn else "no")
 
         m = config.model
         self.checkpoints = ckpt_lib.Checkpoints(
             self.workdir, keep=config.keep_checkpoints,
             best_metric=config.best_metric or None, best_mode=config.best_mode)
         self.resume_step = self.checkpoints.latest_step()
+        # A resumed run writes config.json once its checkpoint has been restored, so that a
+        # run started with a config that does not fit leaves the workdir's config intact.
+        if self.resume_step is None:
+            self._write_config()
+        # Best value and patience, saved with every checkpoint: a resumed run goes on
+        # counting where the interrupted one was, and one that stopped early stays stopped.
+        self.early = {"best_value": None, "evals_without_improvement": 0,
+                      "stopped_early": False, "best": {}}
         model = model_lib.build(m, seed=config.seed)
         if self.resume_step is None:
             model_lib.load_pretrained(model, m)  # a resumed run has these in its checkpoint
@@ -189,15 +246,32 @@ class Trainer:
         if self.resume_step is None:
             return 0
         abstract = ckpt_lib.abstract_like(step_lib.without_copies(self.state))
-        state, input_state = self.checkpoints.restore(self.resume_step, abstract)
+        state, saved = self.checkpoints.restore(self.resume_step, abstract)
         self.state = step_lib.with_copies(state, self.copies_dtype)
-        self.input.set_state(input_state)
+        if "hosts" in saved:
+            hosts = saved["hosts"]
+            if len(hosts) != jax.process_count():
+                raise ValueError(
+                    f"step {self.resume_step} in {self.workdir} was saved by {len(hosts)} "
+                    f"processes; resume it with {len(hosts)} (each holds its own input "
+                    f"position), not {jax.process_count()}")
+            self.input.set_state(hosts[jax.process_index()])
+            self.early.update(saved.get("trainer", {}))
+        else:  # saved before per-process positions: one process's state, nothing else
+            self.input.set_state(saved)
+        self._write_config()
         logging.info("resuming from step %d", self.resume_step)
         return self.resume_step
 
+    def _checkpoint_extras(self) -> dict:
+        """What a checkpoint holds beside the train state: every process's input position
+        (each host reads its own share of the data) and the early-stopping state. A
+        collective across processes."""
+        return {"hosts": _gather_json(self.input.get_state()), "trainer": dict(self.early)}
+
     def _save(self, step: int, *, force: bool = False) -> None:
         self.checkpoints.save(step, step_lib.without_copies(self.state),
-                              self.input.get_state(), force=force)
+                              self._checkpoint_extras(), force=force)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         if self.evaluate_fn is None:
@@ -208,24 +282,30 @@ class Trainer:
         return metrics
 
     def train(self) -> TrainResult:
-        # The handler goes in before the restore, so a SIGTERM during start-up still saves.
+        # The handler goes in before the restore: a SIGTERM while restoring or compiling
+        # the first step is acted on at the first step's boundary.
         with _Preemption(sync_every=self.config.log_every_steps) as preemption:
             return self._train(preemption)
 
     def _train(self, preemption: _Preemption) -> TrainResult:
         c = self.config
         step = self._restore()
-        writer = MetricsWriter(self.workdir, self.is_main)
+        early = self.early
+        if early["stopped_early"]:
+            logging.info("%s stopped early at step %d; nothing to do", self.workdir, step)
+            self.checkpoints.close()
+            return TrainResult(step=step, stopped_early=True, preempted=False,
+                               best=dict(early["best"]))
+        writer = MetricsWriter(self.workdir, self.is_main, resume_step=step)
         schedule = step_lib.learning_rate_schedule(c)
         bar = None
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=c.total_steps, initial=step, desc="train", unit="step",
                        dynamic_ncols=True)
-        best_value, evals_without_improvement, stopped_early, preempted = None, 0, False, False
-        best_metrics: dict[str, float] = {}
+        stopped_early, preempted = False, False
         pending = None  # (step, metrics on device) of the previous step, read one step late
-        last_time, last_step = time.perf_counter(), step
+        clock = {"time": time.perf_counter(), "step": step}  # of the last logged step
 
         def check(entry) -> dict[str, float]:
             done_step, device_metrics = entry
@@ -237,6 +317,23 @@ class Trainer:
                         f"non-finite {key} {values[key]} at step {done_step}; the last "
                         f"checkpoint in {self.workdir / 'checkpoints'} is kept unchanged")
             return values
+
+        def flush(entry) -> None:
+            """Reads a finished step's metrics (an error if not finite) and logs them if
+            the step is a logging step."""
+            values = check(entry)
+            done = entry[0]
+            if done % c.log_every_steps or done <= clock["step"]:
+                return
+            now = time.perf_counter()
+            rate = (done - clock["step"]) * c.batch_size / (now - clock["time"])
+            values["learning_rate"] = float(schedule(done - 1))
+            values["examples_per_second"] = rate
+            values.update(pauses.take())
+            writer.write(done, values)
+            clock.update(time=now, step=done)
+            if bar is not None:
+                bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{rate:.1f}")
 
         # The collector's full runs would stall the host between steps (atjax.host_gc):
         # what exists now (libraries, model, state) is exempted, again after the first
@@ -254,18 +351,7 @@ class Trainer:
                 if step == first_step + 1:
                     host_gc.freeze()
                 if pending is not None:
-                    values = check(pending)
-                    if pending[0] % c.log_every_steps == 0:
-                        now = time.perf_counter()
-                        rate = (pending[0] - last_step) * c.batch_size / (now - last_time)
-                        values["learning_rate"] = float(schedule(pending[0] - 1))
-                        values["examples_per_second"] = rate
-                        values.update(pauses.take())
-                        writer.write(pending[0], values)
-                        last_time, last_step = now, pending[0]
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{values['loss']:.4f}",
-                                            ex_s=f"{rate:.1f}")
+                    flush(pending)
                 pending = (step, metrics)
                 if bar is not None:
                     bar.update(1)
@@ -275,31 +361,41 @@ class Trainer:
                 save_now = step % c.checkpoint_every_steps == 0 or step == c.total_steps
                 stop_now = preemption.reached(step)
                 if eval_now or save_now or stop_now:
-                    check(pending)  # never checkpoint or evaluate a non-finite state
+                    # Never checkpoint or evaluate a non-finite state; and a checkpointed
+                    # step's metrics are logged before it is saved, so that a run resumed
+                    # from it lacks none.
+                    flush(pending)
+                    pending = None
                 if eval_now:
                     val = self._evaluate(step)
                     if val:
                         writer.write(step, val)
                         key = f"val/{c.best_metric}" if c.best_metric else None
-                        if key in val:
-                            better = (best_value is None or
-                                      (val[key] > best_value if c.best_mode == "max"
-                                       else val[key] < best_value))
-                            if better:
-                                best_value, evals_without_improvement = val[key], 0
-                                best_metrics = val
+                        if key is not None and key not in val:
+                            self._save(step, force=True)  # keep the progress, then say why
+                            raise ValueError(
+                                f"best_metric={c.best_metric!r} is not among the evaluation's "
+                                f"metrics {sorted(k[4:] for k in val)}; step {step} is saved, "
+                                "so a run with the name corrected resumes from it")
+                        if key is not None:
+                            best = early["best_value"]
+                            improved = best is None or (val[key] > best if c.best_mode == "max"
+                                                        else val[key] < best)
+                            if improved:
+                                early.update(best_value=val[key], evals_without_improvement=0,
+                                             best=val)
                             else:
-                                evals_without_improvement += 1
-                            self.checkpoints.save_best(
-                                step, step_lib.without_copies(self.state),
-                                self.input.get_state(),
-                                {c.best_metric: val[key]})
-                        if (c.early_stopping_patience
-                                and evals_without_improvement >= c.early_stopping_patience):
-                            logging.info("early stopping at step %d: no improvement of "
-                                         "%s in %d evaluations", step, c.best_metric,
-                                         evals_without_improvement)
-                            stopped_early = True
+                                early["evals_without_improvement"] += 1
+                            if (c.early_stopping_patience and early["evals_without_improvement"]
+                                    >= c.early_stopping_patience):
+                                logging.info("early stopping at step %d: no improvement of "
+                                             "%s in %d evaluations", step, c.best_metric,
+                                             early["evals_without_improvement"])
+                                stopped_early = early["stopped_early"] = True
+                            if improved:  # best/ keeps one: a worse state is not written
+                                self.checkpoints.save_best(
+                                    step, step_lib.without_copies(self.state),
+                                    self._checkpoint_extras(), {c.best_metric: val[key]})
                 if save_now or stop_now or stopped_early:
                     self._save(step, force=True)
                 if stop_now:
@@ -308,14 +404,7 @@ class Trainer:
                 if stopped_early:
                     break
             if pending is not None:
-                values = check(pending)
-                if pending[0] % c.log_every_steps == 0 and pending[0] > last_step:
-                    now = time.perf_counter()
-                    values["learning_rate"] = float(schedule(pending[0] - 1))
-                    values["examples_per_second"] = (
-                        (pending[0] - last_step) * c.batch_size / (now - last_time))
-                    values.update(pauses.take())
-                    writer.write(pending[0], values)
+                flush(pending)
         finally:
             pauses.remove()
             host_gc.thaw()
@@ -325,4 +414,4 @@ class Trainer:
                 bar.close()
         self.checkpoints.close()
         return TrainResult(step=step, stopped_early=stopped_early, preempted=preempted,
-                           best=best_metrics)
+                           best=dict(early["best"]))

@@ -85,16 +85,15 @@ def test_eight_devices_match_one(reference_run, tmp_path):
     _assert_params_close(_params(out), ref_params)
 
 
-def test_two_processes_train_one_model(reference_run, tmp_path):
-    ref_dir, ref_params = reference_run
+def _two_processes(workdir, steps, *extra) -> list[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
     for pid in range(2):
-        args = [sys.executable, str(WORKER), str(tmp_path / "run"), "3"]
+        args = [sys.executable, str(WORKER), str(workdir), str(steps)]
         if pid == 0:
-            args += ["--save_params", str(tmp_path / "params.npz")]
+            args += list(map(str, extra))
         procs.append(subprocess.Popen(
             args, env=_env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2,
                            JAX_PROCESS_ID=pid),
@@ -102,6 +101,17 @@ def test_two_processes_train_one_model(reference_run, tmp_path):
     outputs = [p.communicate(timeout=420) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
+    return [err for _, err in outputs]
+
+
+def test_two_processes_train_one_model_and_resume(reference_run, tmp_path):
+    # Two steps, then a second start that resumes from the step-2 checkpoint: each process
+    # gets its own input position back (ArrayInput's, like the pipeline's, belongs to one
+    # process and refuses another's), and the run ends where one device's ends.
+    ref_dir, ref_params = reference_run
+    _two_processes(tmp_path / "run", 2)
+    errs = _two_processes(tmp_path / "run", 3, "--save_params", tmp_path / "params.npz")
+    assert all("resuming from step 2" in e for e in errs), errs[1][-2000:]
     np.testing.assert_allclose(_losses(tmp_path / "run"), _losses(ref_dir), rtol=1e-4)
     _assert_params_close(_params(tmp_path / "params.npz"), ref_params)
 
