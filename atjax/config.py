@@ -109,6 +109,15 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
     missing = [f for f in REQUIRED_TRAIN_FIELDS if f not in config]
     if missing:
         raise ConfigError(f"training config lacks required fields: {', '.join(missing)}")
+    # Cadences the loop divides by must be positive; evaluation alone may be off (0).
+    lowest = {"batch_size": 1, "total_steps": 0, "log_every_steps": 1,
+              "checkpoint_every_steps": 1, "eval_every_steps": 0}
+    for field, least in lowest.items():
+        value = config[field]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{field} must be an integer >= {least}, got {value!r}"
+                              + (" (0 turns evaluation off; checkpoints and logs cannot be)"
+                                 if field.endswith("_every_steps") else ""))
 
 
 def split_config_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:

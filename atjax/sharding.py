@@ -19,7 +19,7 @@ DATA_AXIS = "data"
 
 _MULTIHOST_ENV = (
     "ATJAX_DISTRIBUTED",         # =1: let jax.distributed auto-detect (TPU pods, GKE, ...)
-    "JAX_COORDINATOR_ADDRESS",   # explicit set-up (launch/local_multiprocess.sh, tests)
+    "JAX_COORDINATOR_ADDRESS",   # explicit set-up (several processes on one machine, tests)
     "SLURM_JOB_ID",              # SLURM: jax.distributed reads the topology from SLURM
     "TPU_WORKER_HOSTNAMES",      # Cloud TPU VM pod slices (when the runtime exports it)
 )

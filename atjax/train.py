@@ -15,19 +15,30 @@ def main(argv=None) -> int:
     from atjax import config as config_lib
 
     argv = sys.argv[1:] if argv is None else argv
-    spec, overrides, rest = config_lib.split_config_argv(argv)
     parser = argparse.ArgumentParser(prog="python -m atjax.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Shown by --help; config_lib.split_config_argv takes --config and --config.FIELD first.
+    parser.add_argument("--config", metavar="FILE[:ARG]", required=False,
+                        help="the experiment's config file, e.g. configs/paper.py:table5-transformer-acba "
+                             "(required); --config.FIELD=VALUE overrides a field")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    try:
+        spec, overrides, rest = config_lib.split_config_argv(argv)
+    except config_lib.ConfigError as e:
+        parser.error(str(e))
     args = parser.parse_args(rest)
     if spec is None:
         parser.error("--config is required")
+    if "://" in args.workdir:
+        parser.error(f"--workdir {args.workdir} is a URL; atjax writes its workdir through the "
+                     "file system: mount the bucket (e.g. gcsfuse) or use a shared path")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     try:
         config = config_lib.load(spec, overrides)
-    except config_lib.ConfigError as e:
+        config_lib.check_train_config(config)
+    except (config_lib.ConfigError, ValueError) as e:  # ValueError: a config's own argument check
         parser.error(str(e))
 
     from atjax import sharding

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A Cloud TPU VM pod slice: the same command runs on every worker; jax.distributed
 # discovers the slice by itself (ATJAX_DISTRIBUTED=1 asks atjax to call
-# jax.distributed.initialize() with no arguments). The workdir should be a bucket
-# path (gs://...) or a shared filesystem that every worker sees.
+# jax.distributed.initialize() with no arguments). The workdir must be a path that
+# every worker sees: a shared file system (Filestore) or a bucket mounted at the same
+# path on every worker (gcsfuse); a gs:// URL is refused.
 #
 #   launch/tpu_pod.sh my-tpu us-central2-b configs/paper.py:table5-mlp-original \
-#       gs://bucket/runs/t5 --config.model.text.path=/data/hf/roberta-large ...
+#       /mnt/bucket/runs/t5 --config.model.text.path=/data/hf/roberta-large ...
 #
 # Install first on every worker (same command via --worker=all):
 #   pip install 'atjax[data,tpu] @ git+<your fork>'  (or copy the repo and pip install -e '.[data,tpu]')

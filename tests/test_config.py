@@ -83,3 +83,34 @@ def test_missing_file_and_missing_get_config(tmp_path):
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(config_lib.ConfigError, match="get_config"):
         config_lib.load(str(tmp_path / "empty.py"))
+
+
+@pytest.mark.parametrize("override,match", [
+    ("checkpoint_every_steps=0", "checkpoint_every_steps must be an integer >= 1, got 0"),
+    ("log_every_steps=-1", "log_every_steps must be an integer >= 1"),
+    ("eval_every_steps=-5", "eval_every_steps must be an integer >= 0"),
+    ("batch_size=0", "batch_size must be an integer >= 1")])
+def test_cadences_the_loop_divides_by_are_checked(config_file, override, match):
+    config_lib.check_train_config(config_lib.load(str(config_file), ["eval_every_steps=0"]))
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.check_train_config(config_lib.load(str(config_file), [override]))
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--workdir", "w", "--config"], "--config needs a value"),
+    (["--workdir", "w"], "--config is required"),
+    (["--workdir", "w", "--config", "configs/synthetic.py:size=tny"],
+     "size must be default or tiny, got 'tny'"),
+    (["--workdir", "w", "--config", "configs/synthetic.py:size=tiny",
+      "--config.checkpoint_every_steps=0"], "checkpoint_every_steps must be an integer >= 1"),
+    (["--workdir", "gs://bucket/run", "--config", "configs/synthetic.py:size=tiny"],
+     "is a URL")])
+def test_train_cli_names_bad_arguments_without_a_traceback(argv, match, capsys, monkeypatch):
+    from atjax import train
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
