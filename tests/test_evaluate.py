@@ -167,6 +167,25 @@ def test_retrieval_rejects_a_broken_embedder():
                           datasets="clotho:evaluation")
 
 
+def test_metric_functions_refuse_inputs_that_would_give_wrong_numbers():
+    from atjax.evaluate import retrieval, sed, zeroshot
+
+    rng = np.random.default_rng(0)
+    text, audio = rng.normal(size=(4, 3)), rng.normal(size=(2, 3))
+    assert retrieval.retrieval_metrics(text, audio, np.array([0, 0, 1, 1]))["t2a_R@1"] >= 0
+    # -1 would index the last clip: plausible numbers for a broken caption index.
+    for bad, match in [([0, 0, 1, -1], r"outside \[0, 2\)"), ([0, 0, 1, 2], "outside"),
+                       ([0, 1, 1], "one clip index per caption"),
+                       ([0.0, 0.0, 1.0, 1.0], "integer")]:
+        with pytest.raises(ValueError, match=match):
+            retrieval.retrieval_metrics(text, audio, np.array(bad))
+    with pytest.raises(ValueError, match="one label, prediction and fold per clip"):
+        zeroshot.fold_scores([0, 1, 1], [0, 1], [1, 1, 2])
+    config = ml_collections.ConfigDict(dict(sample_rate=0, dataset="desed:eval+desed:eval"))
+    with pytest.raises(ValueError, match="sed evaluates one dataset"):
+        sed.run(ToneEmbedder(), config, data_dir="D", read=None)
+
+
 # ------------------------------------------------------------------------------------------
 # zeroshot
 
@@ -199,7 +218,9 @@ def test_zeroshot_folds_and_prompt(tmp_path):
     assert rec["esc50/accuracy"] == pytest.approx((1 + 2 / 3) / 2)
     assert rec["esc50/classes"] == 3 and rec["urbansound8k/folds"] == 2
     from atjax.evaluate import zeroshot
-    assert zeroshot.label_text("Alarm_bell-ringing") == "The sound of alarm bell ringing."
+    assert zeroshot.label_text("Alarm_bell-ringing") == "alarm bell ringing"  # the paper's
+    assert zeroshot.label_text("Alarm_bell-ringing", "The sound of {label}.") == \
+        "The sound of alarm bell ringing."
     with pytest.raises(ValueError, match="placeholder"):
         zeroshot.label_text("dog", "A sound")
 

@@ -65,6 +65,14 @@ def test_nv_rejects_non_strings():
     # "after that" is one connector; a sentence-initial "After A, B" becomes "After B, A".
     ("A dog barks and after that a car passes.", "A car passes and after that a dog barks."),
     ("After a dog barks, a car passes.", "After a car passes, a dog barks."),
+    # A conjunction before a copula stays with the connector (Clotho's "... and is
+    # followed by ..." left a dangling "and" at the end).
+    ("Water drips and is followed by a loud clang.", "A loud clang and is followed by water drips."),
+    ("Glasses clink and are then set down.", "Set down and are then glasses clink."),
+    # Before "then", "quickly" belongs to the first clause's verb; before "followed by"
+    # it modifies the connector.
+    ("Vehicles approach quickly then drive past.", "Drive past then vehicles approach quickly."),
+    ("A bell rings quickly followed by a knock.", "A knock quickly followed by a bell rings."),
 ])
 def test_swap_clauses(s, expected):
     assert text.swap_clauses(s) == expected

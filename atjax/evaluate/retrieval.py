@@ -104,7 +104,18 @@ def embed_caption_set(embedder, name: str, split: str, *, read, data_dir: str,
 def retrieval_metrics(text: np.ndarray, audio: np.ndarray, caption_clip: np.ndarray, *,
                       ks=(1, 5, 10), map_k: int = 10,
                       directions=("t2a", "a2t")) -> dict[str, float]:
-    """R@k and mAP@map_k in both directions from unit-norm embeddings."""
+    """R@k and mAP@map_k in both directions from unit-norm embeddings; caption i
+    describes clip caption_clip[i]."""
+    caption_clip = np.asarray(caption_clip)
+    if caption_clip.ndim != 1 or len(caption_clip) != len(text):
+        raise ValueError(f"caption_clip must give one clip index per caption: {len(text)} "
+                         f"captions, caption_clip of shape {caption_clip.shape}")
+    if not np.issubdtype(caption_clip.dtype, np.integer):
+        raise ValueError(f"caption_clip must hold integer clip indices, got {caption_clip.dtype}")
+    if len(caption_clip) and (caption_clip.min() < 0 or caption_clip.max() >= len(audio)):
+        # A negative index would silently wrap around to the last clips.
+        raise ValueError(f"caption_clip holds clip indices outside [0, {len(audio)}): "
+                         f"{caption_clip.min()} to {caption_clip.max()}")
     similarity = text @ audio.T
     relevant = np.zeros(similarity.shape, bool)
     relevant[np.arange(len(caption_clip)), caption_clip] = True

@@ -305,7 +305,11 @@ def split_clips(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
 
 def run(embedder, config, *, data_dir: str, read, **unused) -> dict[str, float]:
     rate = int(config.sample_rate) or int(embedder.sample_rate)
-    (name, split), = data_lib.parse_sources(config.dataset)
+    sources = data_lib.parse_sources(config.dataset)
+    if len(sources) != 1:
+        raise ValueError(f"sed evaluates one dataset (config.dataset, e.g. desed:eval), got "
+                         f"{config.dataset!r}")
+    (name, split), = sources
     classes = list(config.classes)
     resolution = float(config.segment_seconds)
     window = int(round(config.window_seconds * rate))

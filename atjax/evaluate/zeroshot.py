@@ -1,8 +1,10 @@
 """Zero-shot classification (Sec. 2.4; Table 1): ESC-50 and UrbanSound8K.
 
-Each class name becomes a sentence through a prompt template (default "The sound of
-{label}."; underscores and dashes turn into spaces, "dog_bark" -> "dog bark"), and each clip
-is assigned the class whose sentence is closest to it. No training happens, so the datasets'
+Each class name becomes the text that is embedded through a prompt template; the default
+"{label}" is the label itself, as the paper embeds "ground-truth labels" (a template such
+as "The sound of {label}." is a setting, `prompt`). Underscores and dashes turn into
+spaces, "dog_bark" -> "dog bark". Each clip is assigned the class whose text is closest
+to it. No training happens, so the datasets'
 folds only group the clips: macro F1 and accuracy are computed within each fold and then
 averaged over folds, as the paper reports. Keys `<dataset>/f1`, `<dataset>/accuracy`, and
 per fold `<dataset>/f1_fold<k>`, `<dataset>/accuracy_fold<k>`.
@@ -20,7 +22,7 @@ from atjax.evaluate import data as data_lib
 from atjax.evaluate import embed
 
 DEFAULT_DATASETS = "esc50:train,urbansound8k:train"
-DEFAULT_PROMPT = "The sound of {label}."
+DEFAULT_PROMPT = "{label}"  # the paper's: the class label itself
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -36,7 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def label_text(label: str, prompt: str = DEFAULT_PROMPT, lowercase: bool = True) -> str:
-    """"Alarm_bell_ringing" -> "The sound of alarm bell ringing."."""
+    """"Alarm_bell_ringing" -> "alarm bell ringing" (with "The sound of {label}.": "The
+    sound of alarm bell ringing.")."""
     if "{label}" not in prompt:
         raise ValueError(f"the prompt template {prompt!r} has no {{label}} placeholder")
     words = re.sub(r"\s+", " ", re.sub(r"[_-]+", " ", label)).strip()
@@ -53,6 +56,11 @@ def classify(audio: np.ndarray, class_text: np.ndarray) -> np.ndarray:
 def fold_scores(true, pred, folds) -> dict[str, float]:
     """Macro F1 and accuracy per fold and their means over folds."""
     true, pred, folds = np.asarray(true), np.asarray(pred), np.asarray(folds)
+    if not (true.ndim == pred.ndim == folds.ndim == 1 and len(true) == len(pred) == len(folds)):
+        raise ValueError(f"fold_scores needs one label, prediction and fold per clip, got "
+                         f"shapes {true.shape}, {pred.shape} and {folds.shape}")
+    if not len(true):
+        raise ValueError("fold_scores needs at least one clip")
     out, f1s, accs = {}, [], []
     for fold in np.unique(folds):
         mask = folds == fold

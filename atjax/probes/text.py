@@ -3,8 +3,8 @@
 
 The swaps return None for a sentence they cannot manipulate: none of the words, more than
 one (which clause would move?), or the word at a place where no clause stands on one side.
-Words are matched whole and case-insensitively ("afterwards" holds no "after"; the paper's
-substring test would count it). The output keeps natural capitalisation and punctuation:
+Words are matched whole and case-insensitively ("afterwards" holds no "after"; the
+substring test of the authors' ACBA script, `data_pipeline.acba.eligible`, would count it). The output keeps natural capitalisation and punctuation:
 the new first word is capitalised, the old first word is lower-cased unless it is a proper
 noun ("I", acronyms, or what spaCy tags PROPN; where no spaCy pipeline is installed, a
 warning says that proper nouns will be lower-cased), and the final punctuation stays final.
@@ -43,9 +43,22 @@ _AS_NOT_TEMPORAL = re.compile(
     r"\b(such\s+as|as\s+well|as\s+if|as\s+though|the\s+same\s+as|as\s+to)\b", re.IGNORECASE)
 
 # Words that travel with the preposition when the clauses around it are exchanged:
-# "A, and shortly after B" -> "B, and shortly after A".
-_GLUE_BEFORE = r"(?:,\s*|;\s*|\b)(?:(?:and|but|is|are|which\s+is|which\s+are)\s+)?" \
-               r"(?:(?:shortly|soon|just|right|immediately|quickly|long|not\s+long)\s+)?"
+# "A, and shortly after B" -> "B, and shortly after A"; "A and is followed by B" -> "B and
+# is followed by A" (a conjunction, then a copula, then an adverb of the preposition).
+# Before "then", "quickly", "long" and "right" usually end the first clause ("cars
+# approach quickly then pass"), so they stay there.
+_GLUE_ADVERBS = {
+    "then": r"shortly|soon|just|immediately",
+}
+_GLUE_ADVERBS_DEFAULT = r"shortly|soon|just|right|immediately|quickly|long|not\s+long"
+
+
+def _glue_before(prep: str) -> str:
+    adverbs = _GLUE_ADVERBS.get(prep, _GLUE_ADVERBS_DEFAULT)
+    return (r"(?:,\s*|;\s*|\b)(?:(?:and|but)\s+)?(?:(?:which\s+)?(?:is|are)\s+)?"
+            rf"(?:(?:{adverbs})\s+)?")
+
+
 _GLUE_AFTER = {
     "before": r"(?:\s+(?:that|this|long))?(?:\s*,)?",
     "after": r"(?:\s+(?:that|this|which|a\s+while|a\s+moment|some\s+time|a\s+few\s+seconds))?"
@@ -229,7 +242,7 @@ def swap_clauses(s: str) -> str | None:
         if not a or not b:
             return None
         return f"{m.group(1)} {b}, {a}{final}"
-    connector = re.compile(_GLUE_BEFORE + re.escape(m.group(1)) + _GLUE_AFTER[prep],
+    connector = re.compile(_glue_before(prep) + re.escape(m.group(1)) + _GLUE_AFTER[prep],
                            re.IGNORECASE).search(body)
     left, right = _clause(body[:connector.start()]), _clause(body[connector.end():])
     if not re.search(r"\w", left) or not re.search(r"\w", right):
