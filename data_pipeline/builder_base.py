@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -280,11 +281,15 @@ def read_folded_labels(manual_dir: Path, layout: FoldedLabels) -> list[Clip]:
 
 
 def clean_captions(captions: Iterable[str | None], split: str, report: Report) -> list[str]:
-    """Stripped, non-empty captions; dropped empty ones are counted in the report."""
+    """Stripped captions that hold a word; dropped ones (empty, or punctuation alone such
+    as ".") are counted in the report."""
     captions = list(captions)
-    kept = [c.strip() for c in captions if c is not None and c.strip()]
+    kept = [c.strip() for c in captions if c is not None and _WORD.search(c)]
     report.note(split, "empty captions dropped", len(captions) - len(kept))
     return kept
+
+
+_WORD = re.compile(r"\w")
 
 
 class AudioIndex:

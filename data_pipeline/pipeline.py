@@ -59,6 +59,8 @@ from data_pipeline import acba
 
 log = logging.getLogger(__name__)
 
+_WORD = re.compile(r"\w")
+
 PRETRAINING_MIXTURE = "audiocaps:train+clotho:development+macs:train+fsd50k:train"
 BATCHES = ("random", "order_hard")
 TEXT_TRANSFORMS = ("none", "nv")
@@ -302,7 +304,7 @@ def _plan_captions(source: _Source, cat: _Catalog, table: dict[str, str], host: 
         texts = []
         for c in cat.captions[i]:
             counts.add("captions")
-            if not c.strip():
+            if not _WORD.search(c):  # empty, or punctuation alone (".")
                 counts.add("empty_captions_skipped")
             elif not table[c]:
                 counts.add("empty_after_transform_skipped")
@@ -340,7 +342,7 @@ def _plan_pool(source: _Source, cat: _Catalog, table: dict[str, str], host: np.n
             continue
         clauses = []
         for c in cat.captions[i]:
-            if not c.strip() or not acba.eligible(c):
+            if not _WORD.search(c) or not acba.eligible(c):
                 continue
             try:
                 clauses.append(acba.clause(table[c]))

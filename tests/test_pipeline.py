@@ -122,11 +122,13 @@ def test_epoch_is_every_pair_once_as_fixed_shape_crops():
     clips = make_clips(9, prefix="a", captions=3) + make_clips(5, prefix="b", captions=1, seed=1)
     clips[0]["captions"][1] = ""  # an empty caption and a blank one: skipped and counted
     clips[10]["captions"][0] = "   "
+    clips[1]["captions"][2] = " . "  # punctuation alone: no caption either
     clips[3]["audio"] = clips[3]["audio"][:0]  # a clip without audio: skipped and counted
     by_text = {t: c for c in clips for t in c["captions"] if t.strip() and len(c["audio"])}
     train_input = make_input({"a": dataset(clips[:9]), "b": dataset(clips[9:])})
-    assert train_input.examples_per_epoch == len(by_text) == 9 * 3 - 1 - 3 + 5 - 1
-    assert train_input.stats["a"]["empty_captions_skipped"] == 1
+    by_text.pop(" . ")
+    assert train_input.examples_per_epoch == len(by_text) == 9 * 3 - 2 - 3 + 5 - 1
+    assert train_input.stats["a"]["empty_captions_skipped"] == 2
     assert train_input.stats["a"]["empty_audio_skipped"] == 1
     assert train_input.stats["b"]["empty_captions_skipped"] == 1
 
