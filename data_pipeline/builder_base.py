@@ -250,6 +250,7 @@ class FoldedLabels:
     index_column: str  # the class index
     name_column: str  # the class name, checked against `classes[index]`
     folder_per_fold: bool  # audio/fold<k>/<file> rather than audio/<file>
+    folds: int  # the release's folds are 1..folds
 
 
 def read_folded_labels(manual_dir: Path, layout: FoldedLabels) -> list[Clip]:
@@ -266,6 +267,9 @@ def read_folded_labels(manual_dir: Path, layout: FoldedLabels) -> list[Clip]:
             class_index, fold = int(row[layout.index_column]), int(row[layout.fold_column])
         except ValueError as e:
             raise ValueError(f"{meta} line {line}: {e}") from e
+        if not 1 <= fold <= layout.folds:
+            raise ValueError(f"{meta} line {line}: {layout.fold_column} {fold} is not one of "
+                             f"the {layout.dataset} folds 1-{layout.folds}")
         name = row[layout.name_column]
         if not 0 <= class_index < len(layout.classes) or layout.classes[class_index] != name:
             raise ValueError(

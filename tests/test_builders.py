@@ -285,6 +285,17 @@ def test_class_lists_are_checked_against_the_metadata(tmp_path):
     with pytest.raises(ValueError, match="UrbanSound8K.csv line 3: invalid literal"):
         prepare.prepare("urbansound8k", data_dir=str(tmp_path / "data3"), manual_dir=str(layout.root),
                         sample_rate=SR)
+    # A fold outside the release's (1-5, 1-10) is an error, not a file looked up elsewhere.
+    layout = layouts.make_esc50(tmp_path / "esc_folds")
+    csv_path = layout.root / "meta/esc50.csv"
+    lines = csv_path.read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[1] = "6"
+    csv_path.write_text("\n".join([lines[0], ",".join(fields)] + lines[2:]) + "\n")
+    with pytest.raises(ValueError, match="esc50.csv line 2: fold 6 is not one of the ESC-50 "
+                                         "folds 1-5"):
+        prepare.prepare("esc50", data_dir=str(tmp_path / "data4"), manual_dir=str(layout.root),
+                        sample_rate=SR)
 
 
 def test_malformed_metadata_rows_name_their_line(tmp_path):

@@ -31,7 +31,8 @@ CLASSES = (
 
 LAYOUT = builder_base.FoldedLabels(
     dataset="ESC-50", metadata=METADATA, classes=CLASSES, file_column="filename",
-    fold_column="fold", index_column="target", name_column="category", folder_per_fold=False)
+    fold_column="fold", index_column="target", name_column="category", folder_per_fold=False,
+    folds=5)
 
 
 class Esc50(builder_base.AudioDatasetBuilder):

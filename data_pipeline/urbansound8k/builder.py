@@ -25,7 +25,8 @@ CLASSES = (
 
 LAYOUT = builder_base.FoldedLabels(
     dataset="UrbanSound8K", metadata=METADATA, classes=CLASSES, file_column="slice_file_name",
-    fold_column="fold", index_column="classID", name_column="class", folder_per_fold=True)
+    fold_column="fold", index_column="classID", name_column="class", folder_per_fold=True,
+    folds=10)
 
 
 class UrbanSound8k(builder_base.AudioDatasetBuilder):
