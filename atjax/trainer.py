@@ -284,7 +284,10 @@ class Trainer:
         start = time.perf_counter()
         metrics = {f"val/{k}": float(v) for k, v in self.evaluate_fn(self.embedder()).items()}
         metrics["val/seconds"] = time.perf_counter() - start
-        return metrics
+        # Every process evaluates; process 0's figures decide for all, so that the best
+        # checkpoint and early stopping (collective saves, a common last step) agree even
+        # where two hosts' sums round differently.
+        return _gather_json(metrics)[0]
 
     def train(self) -> TrainResult:
         # The handler goes in before the restore: a SIGTERM while restoring or compiling
