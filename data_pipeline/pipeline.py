@@ -22,6 +22,8 @@ set (50k among 173k pairs) is acba_fraction = 50/173.
 
 Order and randomness are pure functions of (seed, process, epoch, position):
 - hosts take disjoint clips (clip position modulo process_count);
+- a source's captions come in rounds (round r: caption r of every clip), so that a clip's
+  captions are far apart before the shuffle buffer (see `_Graph._examples`);
 - within an epoch the streams, and the sources inside a stream, are interleaved by a
   stateless permutation of their exact counts; each stream is shuffled through a seeded
   buffer (`shuffle_buffer` examples; it holds decoded int16 clips, so it costs memory:
@@ -64,7 +66,9 @@ _WORD = re.compile(r"\w")
 PRETRAINING_MIXTURE = "audiocaps:train+clotho:development+macs:train+fsd50k:train"
 BATCHES = ("random", "order_hard")
 TEXT_TRANSFORMS = ("none", "nv")
-STATE_VERSION = 1
+# 2: a clip's captions in rounds (2026-11-27). A version-1 position (captions adjacent)
+# is still taken, with a warning: its epoch goes on in the new order.
+STATE_VERSION = 2
 _INDEX_VERSION = 2
 _MAX_EPOCHS = 1 << 40
 
@@ -824,7 +828,11 @@ class TrainInput:
 
     def set_state(self, state: dict) -> None:
         """Continues from `state` (from get_state of a run with the same data and settings)."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") == 1:
+            log.warning("the saved input position is from before captions came in rounds: the "
+                        "rest of its epoch follows the new order, so some of that epoch's "
+                        "examples may come twice and others not at all; later epochs are whole")
+        elif state.get("version") != STATE_VERSION:
             raise ValueError(f"input state version {state.get('version')!r}; this pipeline reads {STATE_VERSION}")
         saved = state.get("fingerprint", {})
         differ = {k: (saved.get(k), v) for k, v in self._fingerprint.items() if saved.get(k) != v}

@@ -230,6 +230,21 @@ def test_state_of_other_settings_is_refused():
         make_input([dataset(clips)], seed=1).set_state({"version": 99})
 
 
+def test_position_from_before_caption_rounds_resumes_with_a_warning(caplog):
+    # A run saved when a clip's captions were adjacent (state version 1) resumes: the rest
+    # of its epoch comes in the new order, which the log says.
+    clips = make_clips(6, prefix="a")
+    train_input = make_input([dataset(clips)], seed=1)
+    take(train_input, 1)
+    old = dict(train_input.get_state(), version=1)
+    resumed = make_input([dataset(clips)], seed=1)
+    with caplog.at_level("WARNING", logger="data_pipeline.pipeline"):
+        resumed.set_state(old)
+    assert "from before captions came in rounds" in caplog.text
+    assert resumed.get_state()["offset"] == old["offset"]
+    take(resumed, 1)
+
+
 def _acba_pool():
     clips = make_clips(6, prefix="p", captions=1, lengths=(60, 180), seed=7)
     clips[4]["captions"] = ["A door creaks then slams."]  # not eligible: never an ACBA part
