@@ -30,12 +30,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(rest)
     if spec is None:
         parser.error("--config is required")
-    if "://" in args.workdir:
-        parser.error(f"--workdir {args.workdir} is a URL; atjax writes its workdir through the "
-                     "file system: mount the bucket (e.g. gcsfuse) or use a shared path")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+    from atjax import trainer as trainer_lib
     try:
+        trainer_lib.check_workdir(args.workdir)
         config = config_lib.load(spec, overrides)
         config_lib.check_train_config(config)
     except (config_lib.ConfigError, ValueError) as e:  # ValueError: a config's own argument check
@@ -45,7 +44,6 @@ def main(argv=None) -> int:
     sharding.initialize_distributed()  # before any other JAX call
 
     from atjax import evaluators
-    from atjax import trainer as trainer_lib
 
     trainer = trainer_lib.Trainer(config, args.workdir,
                                   evaluate_fn=evaluators.from_config(config),

@@ -168,6 +168,15 @@ class _Preemption:
         return bool(np.max(flag))
 
 
+def check_workdir(workdir) -> None:
+    """A workdir is a file-system path: pathlib would make "gs://b/x" a local folder
+    "gs:/b/x" on every host."""
+    if "://" in str(workdir):
+        raise ValueError(f"workdir {str(workdir)!r} is a URL; atjax writes its workdir through "
+                         "the file system: mount the bucket (e.g. gcsfuse) or use a shared "
+                         "file system path that every host sees")
+
+
 @dataclasses.dataclass
 class TrainResult:
     step: int
@@ -183,11 +192,7 @@ class Trainer:
                  progress: bool = True):
         config_lib.check_train_config(config)
         self.config = config
-        if "://" in str(workdir):
-            # pathlib would make "gs://b/x" a local folder "gs:/b/x" on every host.
-            raise ValueError(f"workdir {str(workdir)!r} is a URL; atjax writes its workdir "
-                             "through the file system: mount the bucket (e.g. gcsfuse) or use "
-                             "a shared file system path that every host sees")
+        check_workdir(workdir)
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.mesh = sharding.make_mesh()
