@@ -165,6 +165,9 @@ def load_pretrained(model: DualEncoder, config: ml_collections.ConfigDict) -> No
                                            dtype=compute_dtype(config))
         nnx.update(model.audio_encoder, nnx.state(pretrained, nnx.Param, nnx.BatchStat))
     if config.text.path and config.text.pretrained:
+        # A preset or overrides must describe the folder's model: equal shapes alone would
+        # let another activation or epsilon through.
+        text_lib.check_folder_config(text_config(config), config.text.path)
         text_lib.load_weights(model.text_encoder, config.text.path)
 
 
@@ -172,7 +175,9 @@ def make_tokenizer(config: ml_collections.ConfigDict) -> text_lib.Tokenizer:
     if not config.text.path:
         raise ValueError("model.text.path must name a local Hugging Face folder holding the "
                          "tokenizer files (and config/weights when pretrained)")
-    return text_lib.Tokenizer(config.text.path, max_length=config.text.max_length)
+    tokenizer = text_lib.Tokenizer(config.text.path, max_length=config.text.max_length)
+    text_lib.check_tokenizer(text_config(config), tokenizer)
+    return tokenizer
 
 
 def default_config() -> ml_collections.ConfigDict:

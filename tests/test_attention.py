@@ -146,7 +146,8 @@ def _encoder_step(encoder):
     for _ in range(2):  # the dropout streams advance alike in both forms
         value, grad = nnx.value_and_grad(loss)(encoder)
         values.append(float(value))
-        grads.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(nnx.state(grad))]))
+        grads.append({jax.tree_util.keystr(path): np.asarray(leaf, np.float64) for path, leaf
+                      in jax.tree_util.tree_leaves_with_path(nnx.state(grad))})
     return values, grads
 
 
@@ -156,10 +157,15 @@ def test_text_encoder_with_the_kernel_trains_like_the_einsums(dtype, monkeypatch
     monkeypatch.setattr(attention_lib, "attention",
                         functools.partial(attention_lib.attention, interpret=True))
     kernel = _encoder_step(_encoder("pallas", dtype))
-    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    # Leaf by leaf, so that an error in the attention's own gradients (qkv) is not diluted
+    # by the rest; measured at most 1.9e-7 (float32) and 4.8e-5 (bfloat16).
+    tol = 2e-6 if dtype == jnp.float32 else 5e-4
     for (v1, g1), (v2, g2) in zip(zip(*reference), zip(*kernel)):
         assert abs(v1 - v2) <= tol * abs(v1)
-        assert np.linalg.norm(g1 - g2) <= tol * 10 * np.linalg.norm(g1)
+        assert g1.keys() == g2.keys() and any("qkv" in name for name in g1)
+        for name in g1:
+            error = np.linalg.norm(g1[name] - g2[name])
+            assert error <= tol * np.linalg.norm(g1[name]), (name, error)
     # Dropout is on: the second step's masks differ from the first's in both forms.
     assert reference[0][0] != reference[0][1]
 

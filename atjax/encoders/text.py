@@ -111,6 +111,12 @@ class TextEncoderConfig:
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"{source}: only absolute position embeddings are supported, "
                              f"got {hf['position_embedding_type']!r}")
+        # A decoder masks attention causally (and may cross-attend): transformers' outputs
+        # then differ from this bidirectional encoder's, so such a folder is refused.
+        for flag in ("is_decoder", "add_cross_attention"):
+            if hf.get(flag):
+                raise ValueError(f"{source}: {flag}=true; atjax's text encoder is a "
+                                 "bidirectional encoder only")
         fields = {}
         for field in dataclasses.fields(cls):
             name = _HF_FIELD_NAMES.get(field.name, field.name)
@@ -450,6 +456,11 @@ class Tokenizer:
         self._hf = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         if self._hf.pad_token_id is None:
             raise ValueError(f"the tokenizer in {self.path} defines no padding token")
+        # The heads read [CLS] / <s> at position 0 and the encoder numbers RoBERTa's positions
+        # from the left, so padding and truncation must happen on the right, whatever the
+        # folder's tokenizer_config.json says.
+        self._hf.padding_side = "right"
+        self._hf.truncation_side = "right"
 
     @property
     def vocab_size(self) -> int:
@@ -477,6 +488,36 @@ class Tokenizer:
         self._hf.save_pretrained(str(directory))
 
 
+def check_folder_config(config: TextEncoderConfig, path) -> None:
+    """Refuses to load `path`'s weights into an encoder whose architecture differs from its
+    config.json (a preset, or overrides): the shapes can agree while the function does not
+    (hidden_act, layer_norm_eps, pad_token_id). Training settings may differ."""
+    folder = _local_folder(path)
+    found = TextEncoderConfig.from_hf_config(folder)
+    differ = [f"{f.name} {getattr(config, f.name)!r} vs {getattr(found, f.name)!r}"
+              for f in dataclasses.fields(config) if f.name not in _NON_ARCHITECTURE_FIELDS
+              and getattr(config, f.name) != getattr(found, f.name)]
+    if differ:
+        raise ValueError(f"the text encoder config does not match {folder}/config.json "
+                         f"(config vs file): {'; '.join(differ)}")
+
+
+def check_tokenizer(config: TextEncoderConfig, tokenizer: Tokenizer) -> None:
+    """Refuses a tokenizer that the encoder cannot read: an id beyond the vocabulary embeds
+    as NaN, another padding id breaks RoBERTa's positions, and a longer input has no
+    position embedding."""
+    where = tokenizer.path
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                         f"vocabulary is {config.vocab_size}")
+    if tokenizer.pad_token_id != config.pad_token_id:
+        raise ValueError(f"{where}: tokenizer pads with id {tokenizer.pad_token_id} but the "
+                         f"model's pad_token_id is {config.pad_token_id}")
+    if tokenizer.max_length > config.max_tokens:
+        raise ValueError(f"max_length {tokenizer.max_length} exceeds the model's "
+                         f"{config.max_tokens} positions ({where})")
+
+
 def from_pretrained(path, *, dtype=jnp.float32, max_length: int = 32,
                     config: TextEncoderConfig | None = None) -> tuple[TextEncoder, Tokenizer]:
     """(encoder, tokenizer) from a local Hugging Face folder; the encoder is in train mode.
@@ -486,26 +527,12 @@ def from_pretrained(path, *, dtype=jnp.float32, max_length: int = 32,
     Dropout draws from a stream seeded 0: reseed with `nnx.reseed(encoder, dropout=seed)`.
     """
     folder = _local_folder(path)
-    found = TextEncoderConfig.from_hf_config(folder)
     if config is None:
-        config = found
+        config = TextEncoderConfig.from_hf_config(folder)
     else:
-        differ = [f"{f.name} {getattr(config, f.name)!r} vs {getattr(found, f.name)!r}"
-                  for f in dataclasses.fields(config) if f.name not in _NON_ARCHITECTURE_FIELDS
-                  and getattr(config, f.name) != getattr(found, f.name)]
-        if differ:
-            raise ValueError(f"the given text encoder config does not match {folder}/config.json "
-                             f"(given vs file): {'; '.join(differ)}")
+        check_folder_config(config, folder)
     tokenizer = Tokenizer(folder, max_length)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
-                         f"vocabulary is {config.vocab_size}")
-    if tokenizer.pad_token_id != config.pad_token_id:
-        raise ValueError(f"{folder}: tokenizer pads with id {tokenizer.pad_token_id} but "
-                         f"config.json says pad_token_id={config.pad_token_id}")
-    if max_length > config.max_tokens:
-        raise ValueError(f"max_length {max_length} exceeds the {config.max_tokens} "
-                         f"positions of {folder}")
+    check_tokenizer(config, tokenizer)
     # The strict load overwrites every param, so skip the random init (17 s for RoBERTa-Large
     # on two CPU cores): build the structure abstractly, then give dropout real keys.
     encoder = nnx.eval_shape(
