@@ -141,6 +141,12 @@ def log_mel(waveform: jax.Array, config: FrontendConfig) -> jax.Array:
     Matches torchlibrosa's Spectrogram(window='hann', center=True, pad_mode='reflect') +
     LogmelFilterBank(ref=1.0, amin=1e-10, top_db=None), PANNs' frontend.
     """
+    dtype = getattr(waveform, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        # Integer PCM read as float would be 2**15 times too loud (+90 dB for int16): a
+        # silent shift of every feature, so refuse it.
+        raise TypeError(f"log_mel expects float waveforms in [-1, 1], got {dtype}; scale "
+                        "integer PCM by its full scale first (e.g. int16 / 32768)")
     x = jnp.asarray(waveform, jnp.float32)
     if x.ndim < 1:
         raise ValueError("log_mel expects waveforms [..., samples], got a scalar")

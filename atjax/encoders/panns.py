@@ -485,13 +485,31 @@ class ResNet(nnx.Module):
                 f"chunked mode needs the waveform length to be a positive multiple of "
                 f"chunk_samples={chunk_samples}, got {samples} samples")
         chunks = samples // chunk_samples
-        out = self._clips(waveform.reshape(batch * chunks, chunk_samples))
+        x = self._features(waveform.reshape(batch * chunks, chunk_samples))
+        if self.spec_augment is not None:
+            # Stripes are drawn over each clip's frames, chunks side by side, not per chunk:
+            # per 1 s chunk PANNs' stripes (up to 63 of ~101 frames) would zero about half
+            # of every clip instead of the ~6% the MLP head's whole clips lose, and the
+            # comparison of the heads would measure the augmentation.
+            frames, mels = x.shape[1:]
+            with jax.named_scope("spec_augment"):
+                x = self.spec_augment(x.reshape(batch, chunks * frames, mels))
+            x = x.reshape(batch * chunks, frames, mels)
+        out = self._network(x)
         return {
             "chunk_embeddings": out["embedding"].reshape(batch, chunks, -1),
             "chunk_clipwise_output": out["clipwise_output"].reshape(batch, chunks, -1),
         }
 
     def _clips(self, waveform: jax.Array) -> dict[str, jax.Array]:
+        x = self._features(waveform)
+        if self.spec_augment is not None:
+            with jax.named_scope("spec_augment"):
+                x = self.spec_augment(x)
+        return self._network(x)
+
+    def _features(self, waveform: jax.Array) -> jax.Array:
+        """[B, N] waveforms -> [B, T, mels] normalised log-mel features, float32."""
         samples = waveform.shape[-1]
         if samples < self.config.min_samples:
             raise ValueError(
@@ -502,10 +520,10 @@ class ResNet(nnx.Module):
         # The named scopes label the compiled ops by network part for profiles
         # (python -m atjax.bench profile); they cost nothing at run time.
         with jax.named_scope("frontend"):
-            x = self.bn0(self.logmel(waveform))  # [B, T, mels], float32
-        if self.spec_augment is not None:
-            with jax.named_scope("spec_augment"):
-                x = self.spec_augment(x)
+            return self.bn0(self.logmel(waveform))
+
+    def _network(self, x: jax.Array) -> dict[str, jax.Array]:
+        """[B, T, mels] features -> the clip embedding and AudioSet outputs."""
         with jax.named_scope("conv_block1"):
             x = x[..., None].astype(self.dtype)  # NHWC with one channel
             x = self.feature_dropout(self.conv_block1(x, pool=True))
@@ -774,11 +792,14 @@ def load(directory, config: ResNetConfig | None = None, *, dtype=jnp.float32) ->
     if not config_path.is_file() or not state_path.is_dir():
         raise FileNotFoundError(
             f"{directory} is not a ResNet checkpoint directory (needs config.json and state/)")
+    try:
+        saved = ResNetConfig.from_dict(json.loads(config_path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{config_path}: {error}") from error
     if config is None:
-        try:
-            config = ResNetConfig.from_dict(json.loads(config_path.read_text()))
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{config_path}: {error}") from error
+        config = saved
+    else:
+        _check_same_function(config, saved, str(config_path))
     model = _unfilled_model(config, dtype)
     variables = _flat_state(model)
     restored = ocp.StandardCheckpointer().restore(state_path)
@@ -798,6 +819,24 @@ def load(directory, config: ResNetConfig | None = None, *, dtype=jnp.float32) ->
         variable.set_value(jnp.asarray(np.asarray(restored[key]), jnp.float32))
     model.eval()
     return model
+
+
+# What a saved model computes; the other ResNetConfig fields (augmentation, dropout rates,
+# how BatchNorm and the stem are computed) are training choices a run may change.
+_ARCHITECTURE_FIELDS = ("blocks", "widths", "block", "stem_width", "embed_dim", "num_classes",
+                        "frontend")
+
+
+def _check_same_function(config: ResNetConfig, saved: ResNetConfig, source: str) -> None:
+    # The frontend has no weights of its own in a saved model, so another sample rate, hop
+    # or mel range would load without a shape error and feed the network other features
+    # than it was trained on (the .pth path compares its frozen STFT and mel tensors).
+    differ = [f"{name} {getattr(config, name)!r} vs {getattr(saved, name)!r}"
+              for name in _ARCHITECTURE_FIELDS if getattr(config, name) != getattr(saved, name)]
+    if differ:
+        raise CheckpointMismatchError(
+            f"the given config does not describe the model saved in {source} (given vs "
+            f"saved): {'; '.join(differ)}")
 
 
 def infer_config(state_dict: Mapping[str, Any],
