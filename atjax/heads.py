@@ -7,7 +7,8 @@ Two kinds, as in the paper (Sec. 2.1):
 - `transformer` (the proposed model): a 2-layer, 2-head Transformer encoder with
   positional encoding over all time steps, with a learned CLS token prepended; its output
   at the CLS position is the representation. The audio side sees the sequence of 1 s chunk
-  embeddings, the text side the token embeddings with their padding mask.
+  embeddings with the chunks of exact zeros (padding) masked, the text side the token
+  embeddings with their padding mask.
 """
 
 from __future__ import annotations

@@ -135,8 +135,13 @@ class DualEncoder(nnx.Module):
             waveform = jnp.pad(waveform, ((0, 0), (0, pad)))
         with jax.named_scope("audio_encoder"):
             chunks = self.audio_encoder(waveform, chunk_samples=self.chunk_samples)
+        # A chunk of exact zeros is the padding that fits a short clip to the training
+        # length (or fills its last chunk): the head skips it, as the text head skips pad
+        # tokens, so a clip's representation does not depend on how far it was padded.
+        batch, count = chunks["chunk_embeddings"].shape[:2]
+        audible = jnp.any(waveform.reshape(batch, count, self.chunk_samples) != 0, axis=-1)
         with jax.named_scope("audio_head"):
-            return self.audio_head(chunks["chunk_embeddings"])
+            return self.audio_head(chunks["chunk_embeddings"], audible)
 
     def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         with jax.named_scope("text_encoder"):

@@ -49,3 +49,26 @@ def test_dropout_only_in_training():
 def test_unknown_head_is_named():
     with pytest.raises(ValueError, match="attention_pool"):
         heads.make_head("attention_pool", 4, 4, rngs=nnx.Rngs(0))
+
+
+def test_audio_padding_chunks_are_masked_like_pad_tokens():
+    """A short clip zero-padded to the training length gives the embedding it gives alone:
+    the Transformer head skips chunks of exact zeros, as the text side skips pad tokens."""
+    import pathlib
+
+    from atjax import config as config_lib
+    from atjax import model as model_lib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = config_lib.load(f"{root}/configs/synthetic.py:size=tiny,head=transformer")
+    model = model_lib.build(config.model)
+    model.eval()
+    chunk = model.chunk_samples
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal((2, 2 * chunk + chunk // 3))).astype(np.float32)
+    alone = model.encode_audio(jnp.asarray(audio))  # its last chunk is partly padding
+    padded = model.encode_audio(jnp.asarray(np.pad(audio, ((0, 0), (0, 3 * chunk)))))
+    np.testing.assert_allclose(np.asarray(padded), np.asarray(alone), atol=1e-5)
+    # Audible chunks all count: changing the partial last one changes the embedding.
+    audio[:, 2 * chunk + 1] += 0.5
+    assert np.abs(np.asarray(model.encode_audio(jnp.asarray(audio)) - alone)).max() > 1e-4

@@ -12,9 +12,10 @@ padded with silence to a whole number of chunks, as in training. Memory stays bo
 A jitted model compiles one program per clip length, and Clotho's clips all differ in
 length. `pad_seconds` > 0 trades exactness for speed: clips are padded with silence to a
 whole multiple of it (rounded up to whole chunks for a chunked model), so that a set needs
-a few dozen programs instead of one per clip. The padding is silence the model did not see
-in the original clip (it shifts a temporally pooled embedding a little), so it is off by
-default and recorded in the settings when used.
+a few dozen programs instead of one per clip. For the MLP head the padding is silence the
+model did not see in the original clip (it shifts a temporally pooled embedding a little);
+the Transformer head skips chunks of exact zeros, so for it only the rounding to whole chunks
+matters. It is off by default and recorded in the settings when used.
 """
 
 from __future__ import annotations
