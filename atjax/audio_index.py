@@ -31,12 +31,16 @@ import dataclasses
 import fcntl
 import io
 import json
+import logging
 import os
 import pathlib
+import re
 import sqlite3
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+log = logging.getLogger("atjax.audio_index")
 
 FORMAT = "atjax-audio-index/1"
 DB_NAME = "index.sqlite"
@@ -44,9 +48,13 @@ LOCK_NAME = "writer.lock"
 DTYPES = {"float16": ("f16", np.float16), "float32": ("f32", np.float32)}
 
 SCALE, BOUND, START = 0, 1, 2  # columns of the scalars array
-# Files named KIND-GGGGGG.*: the arrays, and the approximate index (atjax.search) built
+# Files named KIND-GGGGGG.EXT: the arrays, and the approximate index (atjax.search) built
 # over them. Only the current generation's are kept.
-GENERATION_FILES = ("vectors", "codes", "scalars", "ann")
+_GENERATED = re.compile(r"(vectors)-(\d{6})\.(?:f16|f32)|(codes)-(\d{6})\.i8"
+                        r"|(scalars)-(\d{6})\.f32|(ann)-(\d{6})\.faiss")
+# What an interrupted writer leaves: the database being created (index.sqlite.tmp, and its
+# rollback journal), and an approximate index being saved (ann-GGGGGG.faiss.PID.tmp).
+_TEMPORARY = re.compile(re.escape(DB_NAME) + r"\.tmp(?:-journal)?|ann-\d{6}\.faiss\.\d+\.tmp")
 
 # Probes that pin down a model's behaviour: the same model gives (nearly) the same
 # embeddings on any device and in any precision, a different one does not. Cosine 0.995
@@ -252,10 +260,52 @@ def model_record(model, *, bundle: str | None, window_seconds: float) -> dict:
 
 
 def _open_db(path: pathlib.Path) -> sqlite3.Connection:
+    """The writer's connection."""
     db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")     # readers (serve) work while an indexer writes
-    db.execute("PRAGMA synchronous=FULL")     # a commit is on disk before it returns
+    try:
+        db.execute("PRAGMA journal_mode=WAL")  # readers (serve) work while an indexer writes
+        db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns
+    except sqlite3.DatabaseError as e:
+        db.close()
+        raise AudioIndexError(f"{path.parent}: cannot open the index for writing: {e}") from e
     return db
+
+
+def _connect_read_only(path: pathlib.Path, *, immutable: bool) -> sqlite3.Connection:
+    uri = path.absolute().as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
+    db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None,
+                         check_same_thread=False)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file for real
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _open_reader(path: pathlib.Path) -> sqlite3.Connection:
+    """A reader's connection: read-only, so that an index on storage this process may not
+    write (a read-only mount, another user's folder) can be searched.
+
+    A WAL database is read through its -shm file, which a reader creates if the writer
+    left none; in a folder it cannot write that fails, and the database is opened as
+    immutable instead. That is exact when no -wal file holds commits (the last writer
+    closed cleanly); otherwise the index cannot be read here without losing them.
+    """
+    try:
+        return _connect_read_only(path, immutable=False)
+    except sqlite3.DatabaseError as error:
+        if not isinstance(error, sqlite3.OperationalError) or os.access(path.parent, os.W_OK):
+            raise AudioIndexError(f"{path.parent}: unreadable index database: "
+                                  f"{error}") from error
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise AudioIndexError(
+                f"{path.parent}: the folder is read-only and the index was not closed "
+                f"cleanly ({wal.name} holds changes); open it once where it can be written "
+                f"(e.g. python -m atjax.index) and try again ({error})") from error
+    log.info("%s: read-only folder, opening the index as immutable", path.parent)
+    return _connect_read_only(path, immutable=True)
 
 
 class AudioIndex:
@@ -274,12 +324,31 @@ class AudioIndex:
 
     # -- opening -------------------------------------------------------------------------
 
-    @classmethod
-    def create(cls, path: str | os.PathLike, settings: Settings, model: dict) -> "AudioIndex":
-        """A new, empty index opened for writing. Refuses a folder that holds one."""
+    @staticmethod
+    def check_new_folder(path: str | os.PathLike) -> None:
+        """Raises AudioIndexError unless `path` can take a new index: it does not exist, or
+        is an empty folder (or holds only what an interrupted `create` leaves). An index
+        never shares its folder: a writer deletes the index files it does not need there."""
         path = pathlib.Path(path)
         if (path / DB_NAME).exists():
             raise AudioIndexError(f"{path} already holds an index")
+        if path.exists() and not path.is_dir():
+            raise AudioIndexError(f"{path} is a file, not a folder for an index")
+        if not path.exists():
+            return
+        others = sorted(p.name for p in path.iterdir()
+                        if p.name != LOCK_NAME and not _TEMPORARY.fullmatch(p.name))
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise AudioIndexError(
+                f"{path} is not empty ({len(others)} entries: {shown}) and holds no index; "
+                "an index needs a folder of its own: choose a new or empty folder")
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, settings: Settings, model: dict) -> "AudioIndex":
+        """A new, empty index opened for writing, in a new or empty folder."""
+        path = pathlib.Path(path)
+        cls.check_new_folder(path)
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = cls._lock(path)
         try:
@@ -287,6 +356,8 @@ class AudioIndex:
             # without its settings.
             tmp = path / (DB_NAME + ".tmp")
             tmp.unlink(missing_ok=True)
+            # A crashed create's journal would be "rolled back" into the new database.
+            tmp.with_name(tmp.name + "-journal").unlink(missing_ok=True)
             db = sqlite3.connect(tmp, isolation_level=None)
             with _transaction(db):
                 for statement in _SCHEMA.split(";"):
@@ -313,7 +384,8 @@ class AudioIndex:
             raise AudioIndexError(f"{path} is not an atjax audio index (no {DB_NAME})")
         lock_fd = cls._lock(path) if writable else None
         try:
-            index = cls(path, _open_db(path / DB_NAME), lock_fd)
+            db = _open_db(path / DB_NAME) if writable else _open_reader(path / DB_NAME)
+            index = cls(path, db, lock_fd)
             if writable:
                 index._recover()
         except BaseException:
@@ -501,13 +573,14 @@ class AudioIndex:
             if size > want:
                 os.truncate(path, want)
         keep_names = {p.name for p in keep.values()}
+        # Only names this module and atjax.search generate are touched: nothing else.
         for stray in self.path.iterdir():
-            kind, _, rest = stray.name.partition("-")
-            derived = kind in GENERATION_FILES and rest[:6].isdigit()
-            stale = derived and (int(rest[:6]) != generation
-                                 or (kind != "ann" and stray.name not in keep_names))
-            if stale or stray.name.endswith(".tmp"):
+            if _TEMPORARY.fullmatch(stray.name):
                 stray.unlink()
+            elif match := _GENERATED.fullmatch(stray.name):
+                kind, digits = [g for g in match.groups() if g is not None]
+                if int(digits) != generation or (kind != "ann" and stray.name not in keep_names):
+                    stray.unlink()
 
     def _append(self, generation: int, count: int, arrays: dict[str, np.ndarray]) -> None:
         for name, path in self._array_paths(generation).items():

@@ -79,11 +79,20 @@ def _restore_workdir(workdir: pathlib.Path):
     return config, eval_def, state.params, state.batch_stats, rest, int(step)
 
 
+def check_workdir(workdir: pathlib.Path) -> None:
+    """Raises FileNotFoundError unless `workdir` looks like a training workdir."""
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"training workdir not found: {workdir}")
+    if not (workdir / "config.json").is_file():
+        raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
+
+
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
     workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-    config, _, params, batch_stats, _, step = _restore_workdir(workdir)
-    if out.exists():
+    check_workdir(workdir)
+    if out.exists():  # before the (slow) restore
         raise FileExistsError(f"{out} exists; choose a new bundle folder")
+    config, _, params, batch_stats, _, step = _restore_workdir(workdir)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -169,9 +178,23 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True, help="training workdir")
     parser.add_argument("--out", required=True, help="bundle folder to create")
     args = parser.parse_args(argv)
+    from atjax import trainer as trainer_lib
+
+    # What the arguments name is checked first, as python -m atjax.train does.
+    try:
+        trainer_lib.check_workdir(args.workdir)  # a URL is refused by name
+        check_workdir(pathlib.Path(args.workdir))
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    if pathlib.Path(args.out).exists():
+        parser.error(f"--out {args.out} exists; choose a new bundle folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
-    out = export(args.workdir, args.out)
+    try:
+        out = export(args.workdir, args.out)
+    except (OSError, ValueError) as e:  # e.g. no checkpoint yet, a config of another model
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

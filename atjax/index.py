@@ -7,8 +7,11 @@ padded with silence) and each window is embedded, so that a search hit can point
 moment a sound happens. Running the command again on an existing INDEX only embeds new or
 changed files (size + mtime first, then the content hash), follows renamed files without
 re-embedding them, and drops deleted ones. A file that cannot be decoded is listed and
-skipped. Work is committed every --commit-every files; a killed run loses at most the
-batch in flight and the next run continues from there.
+skipped, and tried again on the next run. Files are decoded in blocks and cut into windows
+as they decode, so memory does not grow with a file's duration (only its embeddings do:
+dim x 4 bytes a window). Work is committed every --commit-every files; a killed run loses
+at most the batch in flight and the next run continues from there. Decoding needs the
+`data` extra (pip install "atjax[data]").
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import math
 import os
 import pathlib
+import sqlite3
 import sys
 import time
 from typing import Iterator
@@ -33,6 +38,10 @@ from atjax import audio_index as store
 log = logging.getLogger("atjax.index")
 
 DEFAULT_WINDOW_SECONDS = 10.0
+# A decode thread decodes up to this many samples (at the model's rate) of a file ahead of
+# the model: all of a typical file, so decoding overlaps embedding. The rest of a longer
+# file is decoded in the main thread, block by block, as its windows are embedded.
+PREFETCH_SAMPLES = 1 << 22  # 16 MB of float32: 4.4 min at 16 kHz
 # What the data pipeline decodes: libsndfile formats, plus what audioread reaches via ffmpeg.
 AUDIO_EXTENSIONS = frozenset({
     ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif",
@@ -48,6 +57,7 @@ class IndexReport:
     moved: int = 0
     removed: int = 0
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # Files that had failed before, were tried again and failed again.
     still_failing: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     windows: int = 0
     audio_seconds: float = 0.0
@@ -59,17 +69,29 @@ class IndexReport:
     def summary(self) -> str:
         return (f"{self.added} new, {self.changed} changed, {self.moved} moved, "
                 f"{self.removed} removed, {self.unchanged} unchanged, "
-                f"{len(self.failed)} undecodable; embedded {self.windows} windows "
+                f"{len(self.failed) + len(self.still_failing)} undecodable; "
+                f"embedded {self.windows} windows "
                 f"({self.audio_seconds / 3600:.2f} h of audio) in {self.seconds:.1f} s; "
                 f"the index holds {self.files_in_index} files, "
                 f"{self.windows_in_index} windows")
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
-    """float32 mono at `sample_rate`; raises a ValueError naming the file if undecodable."""
-    from data_pipeline import audio  # lazy: soundfile/soxr are only needed to decode
+def audio_lib():
+    """data_pipeline.audio, or a RuntimeError that names the extra to install."""
+    try:  # lazy: soundfile/soxr are only needed to decode
+        from data_pipeline import audio
+    except ImportError as e:
+        raise RuntimeError(f"decoding audio needs the data extra: pip install \"atjax[data]\" "
+                           f"({e})") from e
+    return audio
 
-    return audio.load(path, sample_rate)
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """float32 mono at `sample_rate`; raises a ValueError naming the file if undecodable.
+
+    Holds the whole file decoded: `audio_lib().stream` reads long files in blocks.
+    """
+    return audio_lib().load(path, sample_rate)
 
 
 def default_window_seconds(model) -> float:
@@ -106,6 +128,43 @@ def window(wave: np.ndarray, start: int, length: int) -> np.ndarray:
     return piece if len(piece) == length else np.pad(piece, (0, length - len(piece)))
 
 
+class Windower:
+    """The windows of a signal that arrives in blocks, as `window_starts` and `window` cut
+    the whole signal, holding only the last window's worth of it between blocks.
+
+    `frames(blocks)` yields (start sample, float32 frame); once it is exhausted, `samples`
+    is the signal's length. An error raised by `blocks` comes out of `frames` unchanged.
+    """
+
+    def __init__(self, length: int, hop: int):
+        if length < 1 or hop < 1:
+            raise ValueError(f"window and hop must be at least one sample, got {length}, {hop}")
+        self.length = length
+        self.hop = hop
+        self.samples = 0
+
+    def frames(self, blocks) -> Iterator[tuple[int, np.ndarray]]:
+        buf, buf_start = np.zeros(0, np.float32), 0   # the signal from sample buf_start on
+        next_start, last = 0, None
+        for block in blocks:
+            buf = np.concatenate([buf, np.asarray(block, np.float32)])
+            self.samples += len(block)
+            while next_start + self.length <= self.samples:
+                lo = next_start - buf_start
+                yield next_start, buf[lo:lo + self.length].copy()
+                last, next_start = next_start, next_start + self.hop
+            # Keep what the next window needs, or the last `length` samples: the tail
+            # window that ends at the very end of the signal starts there at the earliest.
+            keep = max(buf_start, min(next_start, self.samples - self.length))
+            buf, buf_start = buf[keep - buf_start:], keep
+        if self.samples == 0:
+            return
+        if last is None:  # shorter than a window: one window, padded with silence
+            yield 0, window(buf, 0, self.length).astype(np.float32, copy=True)
+        elif last + self.length < self.samples:
+            yield self.samples - self.length, buf[len(buf) - self.length:].copy()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -114,12 +173,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def scan_folder(root: pathlib.Path) -> tuple[dict[str, tuple[pathlib.Path, store.FileStat]],
-                                               list[tuple[str, str]]]:
-    """Audio files under `root` by '/'-separated relative path, plus names we cannot store."""
+def scan_folder(root: pathlib.Path, skip: pathlib.Path | None = None,
+                ) -> tuple[dict[str, tuple[pathlib.Path, store.FileStat]],
+                           list[tuple[str, str]]]:
+    """Audio files under `root` by '/'-separated relative path, plus names we cannot store.
+
+    The folder `skip` (the index itself, when it lies inside the collection) is not entered.
+    """
     found, unusable = {}, []
+    skip = os.path.realpath(skip) if skip is not None else None
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) != skip)
         for name in sorted(filenames):
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
                 continue
@@ -153,33 +218,57 @@ class _Job:
 class _Decoded:
     job: _Job
     sha: str
-    audio: np.ndarray | None = None
+    head: list[np.ndarray] = dataclasses.field(default_factory=list)  # the first blocks
+    rest: Iterator[np.ndarray] | None = None  # the blocks after them, still to decode
     error: str | None = None
     same: bool = False         # content equals one of job.same_as
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        return itertools.chain(self.head, self.rest or ())
 
 
 @dataclasses.dataclass
 class _Pending:
-    """A decoded file whose windows are being embedded (possibly over several batches)."""
+    """A file whose windows are being embedded (possibly over several batches)."""
     job: _Job
     sha: str
-    duration: float
-    starts: np.ndarray         # seconds
-    embeddings: np.ndarray
-    remaining: int
+    starts: list[int] = dataclasses.field(default_factory=list)   # samples
+    vectors: list[np.ndarray] = dataclasses.field(default_factory=list)  # in window order
+    remaining: int = 0         # windows queued for the model, not embedded yet
+    complete: bool = False     # every window is queued and `duration` is known
+    duration: float = 0.0
+
+
+def describe_failure(error: BaseException) -> str:
+    """Why a file was skipped, for the report."""
+    if isinstance(error, MemoryError):
+        return "out of memory while decoding (MemoryError)"
+    if isinstance(error, (ValueError, OSError)):  # AudioDecodeError names the file
+        return str(error) or type(error).__name__
+    return f"{type(error).__name__}: {error}"
 
 
 def _decode(job: _Job, sample_rate: int) -> _Decoded:
+    """Hashes the file and decodes its first PREFETCH_SAMPLES; any failure is an `error`."""
     try:
         sha = sha256_file(job.path)
     except OSError as e:
         return _Decoded(job, "", error=f"cannot read: {e}")
     if sha in job.same_as:
         return _Decoded(job, sha, same=True)
+    # Whatever goes wrong decoding one file (a corrupt stream, a decoder that runs out of
+    # memory) skips that file only.
     try:
-        return _Decoded(job, sha, audio=load_audio(job.path, sample_rate))
-    except (ValueError, OSError) as e:  # AudioDecodeError is a ValueError
-        return _Decoded(job, sha, error=str(e))
+        blocks = audio_lib().stream(job.path, sample_rate)
+        head, decoded = [], 0
+        for block in blocks:
+            head.append(block)
+            decoded += len(block)
+            if decoded >= PREFETCH_SAMPLES:
+                return _Decoded(job, sha, head=head, rest=blocks)
+        return _Decoded(job, sha, head=head)
+    except Exception as e:
+        return _Decoded(job, sha, error=describe_failure(e))
 
 
 def _prefetch(pool, fn, items, lookahead: int) -> Iterator:
@@ -211,6 +300,10 @@ def build_index(audio_dir: str | os.PathLike, model, index_dir: str | os.PathLik
     if batch_size < 1 or commit_every < 1:
         raise ValueError(f"batch_size and commit_every must be >= 1, got {batch_size}, "
                          f"{commit_every}")
+    for name, value in (("window_seconds", window_seconds), ("hop_seconds", hop_seconds)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+    audio_lib()  # before anything is created: without decoders nothing can be indexed
     index = _open_for(root, model, pathlib.Path(index_dir), bundle, window_seconds,
                       hop_seconds, dtype)
     try:
@@ -233,12 +326,20 @@ def _open_for(root, model, index_dir, bundle, window_seconds, hop_seconds, dtype
         if not hasattr(model, attr):
             raise TypeError(f"the model lacks {attr!r} (see the embedder protocol)")
     if not (index_dir / store.DB_NAME).exists():
-        window_seconds = window_seconds or default_window_seconds(model)
+        if os.path.realpath(index_dir) == os.path.realpath(root):
+            raise store.AudioIndexError(
+                f"the index folder {index_dir} is the audio folder; give the index a folder "
+                "of its own (e.g. beside the audio folder)")
+        if window_seconds is None:
+            window_seconds = default_window_seconds(model)
+        if hop_seconds is None:
+            hop_seconds = window_seconds / 2
+        _check_window(window_seconds, hop_seconds, int(model.sample_rate))
+        store.AudioIndex.check_new_folder(index_dir)
         record = store.model_record(model, bundle=bundle, window_seconds=window_seconds)
         settings = store.Settings(
             dim=len(record["fingerprint"]["audio"][0]), dtype=dtype or "float16",
-            window_seconds=float(window_seconds),
-            hop_seconds=float(hop_seconds or window_seconds / 2),
+            window_seconds=float(window_seconds), hop_seconds=float(hop_seconds),
             sample_rate=int(model.sample_rate), root=str(root))
         return store.AudioIndex.create(index_dir, settings, record)
     index = store.AudioIndex.open(index_dir, writable=True)
@@ -260,6 +361,14 @@ def _open_for(root, model, index_dir, bundle, window_seconds, hop_seconds, dtype
     return index
 
 
+def _check_window(window_seconds: float, hop_seconds: float, sample_rate: int) -> None:
+    for name, value in (("window", window_seconds), ("hop", hop_seconds)):
+        if round(value * sample_rate) < 1:
+            raise store.AudioIndexError(
+                f"the {name} of {value} s is less than one sample at the model's "
+                f"{sample_rate} Hz")
+
+
 def _update(index, root, model, batch_size, commit_every, decode_workers, progress):
     from tqdm import tqdm
 
@@ -269,31 +378,15 @@ def _update(index, root, model, batch_size, commit_every, decode_workers, progre
     window_len = int(round(s.window_seconds * sr))
     hop_len = max(1, int(round(s.hop_seconds * sr)))
     known = {e.path: e for e in index.files()}
-    on_disk, unusable = scan_folder(root)
+    on_disk, unusable = scan_folder(root, skip=index.path)
     report.failed.extend(unusable)
-
-    missing = {p: e for p, e in known.items() if p not in on_disk}
-    missing_by_sha = collections.defaultdict(list)
-    for e in missing.values():
-        missing_by_sha[e.sha256].append(e)
-    jobs = []
-    for rel, (path, st) in on_disk.items():
-        old = known.get(rel)
-        if old is not None and (old.size, old.mtime_ns) == (st.size, st.mtime_ns):
-            report.unchanged += 1
-            if old.error:
-                report.still_failing.append((rel, old.error))
-            continue
-        # A changed stat with the old hash is a touched file; a new path with the hash of
-        # a vanished one is a rename. Neither needs decoding.
-        same_as = frozenset([old.sha256]) if old else frozenset(missing_by_sha)
-        jobs.append(_Job(rel, path, st, old, same_as))
+    jobs, missing, missing_by_sha = _plan(known, on_disk, report)
 
     changes = store.ChangeSet()
     bar = tqdm(total=sum(j.stat.size for j in jobs), unit="B", unit_scale=True,
                unit_divisor=1024, desc="embedding", disable=not progress or not jobs,
                mininterval=1.0, file=sys.stderr)
-    frames, refs = [], []
+    frames, refs = [], []  # the next model batch: windows and the _Pending each belongs to
     done_files = 0
 
     def maybe_commit(force=False):
@@ -303,21 +396,24 @@ def _update(index, root, model, batch_size, commit_every, decode_workers, progre
             changes = store.ChangeSet()
 
     def finish(p: _Pending):
-        if not np.all(np.isfinite(p.embeddings)):
+        embeddings = np.stack(p.vectors)
+        if not np.all(np.isfinite(embeddings)):
             fail(p.job, p.sha, "the model returned non-finite embeddings")
             return
-        changes.add(p.job.rel, p.job.stat, p.sha, p.duration, p.embeddings, p.starts)
+        starts = np.asarray(p.starts, np.float64) / sr
+        changes.add(p.job.rel, p.job.stat, p.sha, p.duration, embeddings, starts)
         if p.job.old is None:
             report.added += 1
         else:
             report.changed += 1
-        report.windows += len(p.starts)
+        report.windows += len(starts)
         report.audio_seconds += p.duration
         maybe_commit()
 
     def fail(job, sha, error):
         changes.add_failed(job.rel, job.stat, sha, error)
-        report.failed.append((job.rel, error))
+        tried_before = job.old is not None and job.old.error is not None
+        (report.still_failing if tried_before else report.failed).append((job.rel, error))
         bar.write(f"skipped {job.rel}: {error}", file=sys.stderr)
         maybe_commit()
 
@@ -328,13 +424,44 @@ def _update(index, root, model, batch_size, commit_every, decode_workers, progre
         if out.shape != (len(frames), s.dim):
             raise ValueError(f"model.embed_audio returned shape {out.shape} for "
                              f"{len(frames)} windows; expected ({len(frames)}, {s.dim})")
-        for (p, i), vector in zip(refs, out, strict=True):
-            p.embeddings[i] = vector
+        for p, vector in zip(refs, out, strict=True):
+            p.vectors.append(vector)
             p.remaining -= 1
-            if p.remaining == 0:
+            if p.complete and p.remaining == 0:
                 finish(p)
         frames.clear()
         refs.clear()
+
+    def abandon(p: _Pending, error: str):
+        """Decoding failed part-way: drop the file's windows that wait for the model."""
+        keep = [i for i, q in enumerate(refs) if q is not p]
+        frames[:] = [frames[i] for i in keep]
+        refs[:] = [refs[i] for i in keep]
+        fail(p.job, p.sha, error)
+
+    def embed(result: _Decoded):
+        p = _Pending(result.job, result.sha)
+        windower = Windower(window_len, hop_len)
+        windows = windower.frames(result.blocks())
+        while True:
+            # Only decoding runs inside this try: a failing model must stop the run.
+            try:
+                item = next(windows, None)
+            except Exception as e:
+                abandon(p, describe_failure(e))
+                return
+            if item is None:
+                break
+            p.starts.append(item[0])
+            p.remaining += 1
+            frames.append(item[1])
+            refs.append(p)
+            if len(frames) == batch_size:
+                flush()
+        p.duration = windower.samples / sr
+        p.complete = True
+        if p.remaining == 0:
+            finish(p)
 
     pool = concurrent.futures.ThreadPoolExecutor(max(1, decode_workers))
     try:
@@ -356,18 +483,11 @@ def _update(index, root, model, batch_size, commit_every, decode_workers, progre
                 if result.error is not None:
                     fail(job, result.sha, result.error)
                 else:
-                    audio = result.audio
-                    starts = window_starts(len(audio), window_len, hop_len)
-                    p = _Pending(job, result.sha, len(audio) / sr, starts / sr,
-                                 np.zeros((len(starts), s.dim), np.float32), len(starts))
-                    for i, start in enumerate(starts):
-                        frames.append(window(audio, int(start), window_len))
-                        refs.append((p, i))
-                        if len(frames) == batch_size:
-                            flush()
+                    embed(result)
             done_files += 1
             bar.update(job.stat.size)
-            bar.set_postfix_str(f"{done_files}/{len(jobs)} files, {len(report.failed)} skipped",
+            skipped = len(report.failed) + len(report.still_failing)
+            bar.set_postfix_str(f"{done_files}/{len(jobs)} files, {skipped} skipped",
                                 refresh=False)
         flush()
         for path in missing:
@@ -380,27 +500,84 @@ def _update(index, root, model, batch_size, commit_every, decode_workers, progre
     return report
 
 
+def _plan(known: dict[str, store.FileEntry], on_disk, report: IndexReport):
+    """The files to look at (jobs), and the index's files that are gone from disk."""
+    missing = {p: e for p, e in known.items() if p not in on_disk}
+    missing_by_sha = collections.defaultdict(list)
+    for e in missing.values():
+        if e.error is None:  # an entry without rows has nothing for a renamed file to keep
+            missing_by_sha[e.sha256].append(e)
+    jobs = []
+    for rel, (path, st) in on_disk.items():
+        old = known.get(rel)
+        if old is not None and old.error is not None:
+            # A failed entry holds no rows, so trying again costs only the decoding; the
+            # cause may have been outside the file (a read error, a missing decoder, too
+            # little memory) and be gone now, with size and mtime unchanged.
+            jobs.append(_Job(rel, path, st, old, frozenset()))
+            continue
+        if old is not None and (old.size, old.mtime_ns) == (st.size, st.mtime_ns):
+            report.unchanged += 1
+            continue
+        # A changed stat with the old hash is a touched file; a new path with the hash of
+        # a vanished one is a rename. Neither needs decoding.
+        same_as = frozenset([old.sha256]) if old else frozenset(missing_by_sha)
+        jobs.append(_Job(rel, path, st, old, same_as))
+    return jobs, missing, missing_by_sha
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+# What the library raises for a bad index, folder, model or environment: reported as
+# "error: ..." (exit 1). Argument errors found before any work are argparse's (exit 2).
+CLI_ERRORS = (OSError, ValueError, RuntimeError, sqlite3.Error)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atjax.index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("audio_dir", help="folder of audio files (searched recursively)")
-    parser.add_argument("--out", required=True, help="index folder (created or updated)")
+    parser.add_argument("--out", required=True, help="index folder (created or updated); a "
+                        "new index needs a new or empty folder")
     parser.add_argument("--model", help="export bundle or training workdir; required for a "
                         "new index, defaults to the one the index records")
-    parser.add_argument("--window", type=float, help="window length in seconds "
+    parser.add_argument("--window", type=positive_seconds, help="window length in seconds "
                         "(default: the model's clip length, else 10)")
-    parser.add_argument("--hop", type=float, help="hop between windows in seconds "
+    parser.add_argument("--hop", type=positive_seconds, help="hop between windows in seconds "
                         "(default: half a window)")
     parser.add_argument("--dtype", choices=sorted(store.DTYPES),
                         help="storage of the embeddings (default float16)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per model call")
-    parser.add_argument("--commit-every", type=int, default=16,
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="windows per model call")
+    parser.add_argument("--commit-every", type=positive_int, default=16,
                         help="files per committed batch (what a crash can lose)")
     parser.add_argument("--approximate", action="store_true",
                         help="also build/extend the approximate (IVF) index for fast search "
-                             "over many millions of windows")
+                             "over many millions of windows (needs faiss-cpu)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file, not an index folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     bundle = args.model
@@ -413,6 +590,10 @@ def main(argv=None) -> int:
         if bundle is None:
             parser.error(f"{args.out} records no model bundle; pass --model")
     try:
+        if args.approximate:
+            from atjax import search
+
+            search.faiss_module()  # missing faiss should stop the run before hours of work
         import atjax
 
         model = atjax.load(bundle)
@@ -420,29 +601,41 @@ def main(argv=None) -> int:
                              window_seconds=args.window, hop_seconds=args.hop,
                              dtype=args.dtype, batch_size=args.batch_size,
                              commit_every=args.commit_every, progress=not args.no_progress)
-    except (FileNotFoundError, store.AudioIndexError, store.IndexBusyError) as e:
+        _print_report(args.out, report)
+        if args.approximate:
+            _update_approximate(args.out, report)
+    except CLI_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: committed batches are kept; run the same command to continue",
               file=sys.stderr)
         return 130
-    print(f"{args.out}: {report.summary()}")
+    return 0
+
+
+def _print_report(out: str, report: IndexReport) -> None:
+    print(f"{out}: {report.summary()}")
     if report.failed:
         print(f"skipped {len(report.failed)} files that could not be decoded:")
         for rel, error in report.failed:
             print(f"  {rel}: {error}")
     if report.still_failing:
-        print(f"{len(report.still_failing)} unchanged files still cannot be decoded "
-              "(skipped again):")
+        print(f"{len(report.still_failing)} files that failed before were tried again and "
+              "still cannot be decoded (the next run tries them again):")
         for rel, error in report.still_failing:
             print(f"  {rel}: {error}")
-    if args.approximate:
-        from atjax import search
 
-        with store.AudioIndex.open(args.out) as index:
-            search.ApproximateIndex.update(index)
-    return 0
+
+def _update_approximate(out: str, report: IndexReport) -> None:
+    from atjax import search
+
+    if report.windows_in_index == 0:
+        print("the index holds no windows yet: no approximate index was built (a later "
+              "run with --approximate builds it)")
+        return
+    with store.AudioIndex.open(out) as index:
+        search.ApproximateIndex.update(index)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ bound to keep only the rows that could still reach the top k files; those are re
 from the stored vectors, so the result is the same as scoring every stored vector
 (verified by the tests and by `python -m atjax.bench search`). Above
 APPROXIMATE_ABOVE_WINDOWS windows, or with --approximate, an IVF index (faiss) proposes
-the candidates instead; scores are still computed from the stored vectors but a true hit
-can be missed (recall@10 vs exact is reported by the benchmark).
+the candidate files instead; every window of those files is then scored from the stored
+vectors, so a hit's time and score are its file's best, but a true hit can be missed
+(recall@10 vs exact is reported by the benchmark). `--audio` needs the `data` extra.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ import threading
 import numpy as np
 
 from atjax import audio_index as store
+from atjax import index as index_lib
 
 log = logging.getLogger("atjax.search")
 
@@ -39,6 +42,8 @@ DEFAULT_NPROBE = 32
 # Below this many code elements numpy beats paying numba's compile time.
 _NUMBA_MIN_ELEMENTS = 1 << 24
 _SCAN_LOCK = threading.Lock()  # numba's default thread pool must not be entered twice
+# Windows of a query example embedded per model call (its memory: this many windows).
+QUERY_BATCH = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +179,22 @@ class _Snapshot:
     starts: np.ndarray
     live_rows: int
     live_files: int
+    # Each live file's rows are one run: ids (sorted), its first row and its row count.
+    span_ids: np.ndarray
+    span_first: np.ndarray
+    span_count: np.ndarray
+
+    def rows_of(self, file_ids) -> np.ndarray:
+        """Every row of the given (live) files, file after file."""
+        at = np.searchsorted(self.span_ids, np.asarray(file_ids, np.int64))
+        first, count = self.span_first[at], self.span_count[at]
+        return np.repeat(first - np.cumsum(count) + count, count) + np.arange(count.sum())
+
+
+def _spans(row_file: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    live = np.flatnonzero(row_file >= 0)
+    ids, first, count = np.unique(row_file[live], return_index=True, return_counts=True)
+    return ids, live[first], count
 
 
 def exact_top_files(snap: _Snapshot, q: np.ndarray, k: int,
@@ -198,11 +219,13 @@ def exact_top_files(snap: _Snapshot, q: np.ndarray, k: int,
 
 # -- approximate index --------------------------------------------------------------------
 
-def _faiss():
+def faiss_module():
+    """faiss, or a RuntimeError that says how to install it."""
     try:
         import faiss
     except ImportError as e:
-        raise RuntimeError("approximate search needs faiss (pip install faiss-cpu)") from e
+        raise RuntimeError("approximate search needs faiss (pip install faiss-cpu, or the "
+                           "search extra: pip install \"atjax[search]\")") from e
     return faiss
 
 
@@ -225,8 +248,11 @@ class ApproximateIndex:
     @classmethod
     def update(cls, index: store.AudioIndex, rows: store.Rows | None = None, *,
                seed: int = 0) -> "ApproximateIndex":
-        faiss = _faiss()
+        faiss = faiss_module()
         rows = rows if rows is not None else index.segments()[0]
+        if rows.count == 0:
+            raise store.AudioIndexError(f"{index.path} holds no windows: there is nothing "
+                                        "to build an approximate index from")
         path = cls.path(index, rows.generation)
         ann = None
         if path.exists():
@@ -240,13 +266,19 @@ class ApproximateIndex:
             for lo in range(ann.ntotal, rows.count, 1 << 16):
                 hi = min(rows.count, lo + (1 << 16))
                 ann.add(np.ascontiguousarray(rows.vectors[lo:hi], np.float32))
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            faiss.write_index(ann, str(tmp))
-            try:
-                os.replace(tmp, path)
-            except FileNotFoundError:  # a writer cleaned up our temp file: just not saved
-                log.warning("could not save %s", path)
+            cls._save(faiss, ann, path)
         return cls(ann, rows.generation)
+
+    @staticmethod
+    def _save(faiss, ann, path: pathlib.Path) -> None:
+        """Saves `ann` for the next searcher; without it (a read-only index folder, or a
+        writer that cleaned up the temp file) this searcher still has it in memory."""
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            faiss.write_index(ann, str(tmp))
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:  # faiss reports a failed write as RuntimeError
+            log.warning("could not save %s (%s): it is rebuilt by the next searcher", path, e)
 
     @staticmethod
     def _train(faiss, rows: store.Rows, seed: int):
@@ -262,7 +294,7 @@ class ApproximateIndex:
         return ann
 
     def candidates(self, q: np.ndarray, m: int, nprobe: int) -> np.ndarray:
-        faiss = _faiss()
+        faiss = faiss_module()
         params = faiss.SearchParametersIVF(nprobe=int(nprobe))
         _, ids = self.ann.search(np.asarray(q, np.float32)[None], int(m), params=params)
         return ids[0][ids[0] >= 0]
@@ -270,16 +302,27 @@ class ApproximateIndex:
 
 def approximate_top_files(snap: _Snapshot, ann: ApproximateIndex, q: np.ndarray, k: int,
                           nprobe: int) -> list[tuple[int, int, float]]:
-    """Like exact_top_files, but only rows the IVF index proposes are scored."""
+    """Like exact_top_files, but only files the IVF index proposes are considered.
+
+    The proposed windows pick the files; then every window of those files is scored, so
+    each hit's window and score are its file's best (a proposal can miss a file's best
+    window while finding a lesser one).
+    """
     q = np.asarray(q, np.float32)
-    m = 8 * k
+    total = int(ann.ann.ntotal)
+    if total == 0 or snap.live_rows == 0:
+        return []
+    m = min(8 * k, total)  # faiss allocates m results: k can be anything
     while True:
         rows = ann.candidates(q, m, nprobe)
         rows = rows[snap.row_file[rows] >= 0]
-        hits = best_per_file(rows, exact_scores(snap.rows, rows, q), snap.row_file, k)
-        if len(hits) >= k or m >= ann.ann.ntotal:
-            return hits
-        m *= 4
+        files = {f for f, _, _ in best_per_file(rows, exact_scores(snap.rows, rows, q),
+                                                snap.row_file, k)}
+        if len(files) >= k or m >= total:
+            break
+        m = min(4 * m, total)
+    every = snap.rows_of(sorted(files))
+    return best_per_file(every, exact_scores(snap.rows, every, q), snap.row_file, k)
 
 
 # -- the searcher -------------------------------------------------------------------------
@@ -292,6 +335,9 @@ class Searcher:
 
     def __init__(self, index: store.AudioIndex | str | os.PathLike, model=None, *,
                  approximate: bool | None = None, nprobe: int = DEFAULT_NPROBE):
+        if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+            raise ValueError(f"nprobe (IVF cells visited) must be a positive integer, "
+                             f"got {nprobe!r}")
         self._owns_index = not isinstance(index, store.AudioIndex)
         self.index = store.AudioIndex.open(index) if self._owns_index else index
         self.model = model
@@ -321,6 +367,12 @@ class Searcher:
     def num_windows(self) -> int:
         return self._snap.live_rows
 
+    def counts(self) -> tuple[int, int]:
+        """(files, windows) the index holds now, re-read if a writer committed since."""
+        with self._lock:
+            self.refresh()
+            return self._snap.live_files, self._snap.live_rows
+
     def refresh(self) -> None:
         """Re-reads the index if any writer committed since the last read."""
         with self._lock:
@@ -329,6 +381,7 @@ class Searcher:
                 return
             rows, row_file = self.index.segments()
             scalars = np.asarray(rows.scalars)
+            span_ids, span_first, span_count = _spans(row_file)
             self._snap = _Snapshot(
                 data_version=version, rows=rows, row_file=row_file,
                 dead=np.flatnonzero(row_file < 0),
@@ -336,8 +389,11 @@ class Searcher:
                 bound=np.ascontiguousarray(scalars[:, store.BOUND]),
                 starts=np.ascontiguousarray(scalars[:, store.START]),
                 live_rows=int(np.count_nonzero(row_file >= 0)),
-                live_files=len(np.unique(row_file[row_file >= 0])))
-            if self._use_approximate():
+                live_files=len(span_ids), span_ids=span_ids, span_first=span_first,
+                span_count=span_count)
+            if rows.count == 0:
+                self._ann = None  # nothing to train on; an exact search of nothing is []
+            elif self._use_approximate():
                 if self._ann is None or self._ann.generation != rows.generation \
                         or self._ann.ann.ntotal < rows.count:
                     self._ann = ApproximateIndex.update(self.index, rows)
@@ -353,7 +409,7 @@ class Searcher:
         if self._snap.live_rows < APPROXIMATE_ABOVE_WINDOWS:
             return False
         try:
-            _faiss()
+            faiss_module()
         except RuntimeError:
             log.warning("%d windows: exact search (install faiss-cpu for faster approximate "
                         "search)", self._snap.live_rows)
@@ -381,29 +437,40 @@ class Searcher:
 
     def search_audio(self, waveform: np.ndarray, sample_rate: int, k: int = 10) -> list[Hit]:
         """Query by example: the mean embedding of the example's windows."""
-        from atjax import index as index_lib
-
         self._need_model()
         wave = np.asarray(waveform, np.float32)
         if wave.ndim != 1 or wave.size == 0:
             raise ValueError(f"the example must be a non-empty mono waveform, got {wave.shape}")
+        return self._search_blocks([wave], sample_rate, k)
+
+    def search_file(self, path: str | os.PathLike, k: int = 10) -> list[Hit]:
+        """Query by an example file, decoded in blocks: memory does not grow with its
+        duration (its windows are embedded QUERY_BATCH at a time and averaged)."""
+        self._need_model()
+        rate = int(self.model.sample_rate)
+        return self._search_blocks(index_lib.audio_lib().stream(path, rate), rate, k)
+
+    def _search_blocks(self, blocks, sample_rate: int, k: int) -> list[Hit]:
+        """Query by the example that `blocks` (mono, at `sample_rate`) make up."""
         s = self.index.settings
-        length = int(round(s.window_seconds * sample_rate))
-        hop = max(1, int(round(s.hop_seconds * sample_rate)))
-        frames = np.stack([index_lib.window(wave, int(t), length)
-                           for t in index_lib.window_starts(len(wave), length, hop)])
+        windower = index_lib.Windower(max(1, int(round(s.window_seconds * sample_rate))),
+                                      max(1, int(round(s.hop_seconds * sample_rate))))
         with self._lock:
             self._check("audio")
-            emb = np.asarray(self.model.embed_audio(frames, sample_rate), np.float32).mean(0)
+            emb = self._mean_embedding((frame for _, frame in windower.frames(blocks)),
+                                       sample_rate)
             norm = np.linalg.norm(emb)
             return self.search_embedding(emb / norm if norm > 0 else emb, k)
 
-    def search_file(self, path: str | os.PathLike, k: int = 10) -> list[Hit]:
-        from atjax import index as index_lib
-
-        self._need_model()
-        rate = int(self.model.sample_rate)
-        return self.search_audio(index_lib.load_audio(path, rate), rate, k)
+    def _mean_embedding(self, frames, sample_rate: int) -> np.ndarray:
+        """The mean of the model's embeddings of `frames` (at least one), QUERY_BATCH a call."""
+        total, count = np.zeros(self.index.settings.dim, np.float64), 0
+        frames = iter(frames)
+        while batch := list(itertools.islice(frames, QUERY_BATCH)):
+            out = np.asarray(self.model.embed_audio(np.stack(batch), sample_rate), np.float32)
+            total += out.sum(0, dtype=np.float64)
+            count += len(batch)
+        return (total / count).astype(np.float32)
 
     def search_embedding(self, embedding: np.ndarray, k: int = 10, *,
                          stats: dict | None = None) -> list[Hit]:
@@ -483,7 +550,8 @@ def main(argv=None) -> int:
     parser.add_argument("index", help="index folder built by python -m atjax.index")
     parser.add_argument("query", nargs="?", help="what to look for, in words")
     parser.add_argument("--audio", help="query by example: an audio file")
-    parser.add_argument("-k", type=int, default=10, help="number of files (default 10)")
+    parser.add_argument("-k", type=index_lib.positive_int, default=10,
+                        help="number of files (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--model", help="bundle to embed the query with (default: the one "
                         "the index records)")
@@ -492,13 +560,12 @@ def main(argv=None) -> int:
                       help="use the approximate (IVF) index")
     mode.add_argument("--exact", dest="approximate", action="store_false",
                       help="always search exactly")
-    parser.add_argument("--nprobe", type=int, default=DEFAULT_NPROBE,
-                        help="IVF cells visited by an approximate search")
+    parser.add_argument("--nprobe", type=index_lib.positive_int, default=DEFAULT_NPROBE,
+                        help="IVF cells visited by an approximate search (default "
+                             f"{DEFAULT_NPROBE})")
     args = parser.parse_args(argv)
     if (args.query is None) == (args.audio is None):
         parser.error("give either a text query or --audio FILE")
-    if args.k < 1:
-        parser.error("-k must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         with open_searcher(args.index, args.model, approximate=args.approximate,
@@ -507,7 +574,7 @@ def main(argv=None) -> int:
                 hits = searcher.search_file(args.audio, args.k)
             else:
                 hits = searcher.search(args.query, args.k)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except index_lib.CLI_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

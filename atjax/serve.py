@@ -28,6 +28,7 @@ import re
 import sys
 import urllib.parse
 
+from atjax import index as index_lib
 from atjax import search as search_lib
 
 log = logging.getLogger("atjax.serve")
@@ -97,8 +98,9 @@ def make_server(searcher: search_lib.Searcher, host: str = "127.0.0.1", port: in
                 elif path == "/api/search":
                     self._search(target.query)
                 elif path == "/api/info":
+                    files, windows = searcher.counts()  # as of now, not of the last search
                     self._json(http.HTTPStatus.OK, {
-                        "files": searcher.num_files, "windows": searcher.num_windows,
+                        "files": files, "windows": windows,
                         "window_seconds": searcher.index.settings.window_seconds,
                         "max_query_chars": max_query_chars, "max_k": max_k})
                 elif match := _AUDIO_ROUTE.fullmatch(path):
@@ -228,13 +230,24 @@ def _copy(src, dst, length: int) -> None:
         length -= len(chunk)
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port number, 0 for any free one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atjax.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("index", help="index folder built by python -m atjax.index")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    parser.add_argument("--port", type=_port, default=8000, help="port (0: any free port)")
     parser.add_argument("--model", help="bundle to embed queries with (default: the one "
                         "the index records)")
     parser.add_argument("--approximate", action="store_true", default=None,
@@ -244,11 +257,20 @@ def main(argv=None) -> int:
     try:
         searcher = search_lib.open_searcher(args.index, args.model,
                                             approximate=args.approximate)
-        searcher.index.check_model(searcher.model, towers=("text",))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except index_lib.CLI_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    server = make_server(searcher, args.host, args.port)
+    try:
+        searcher.index.check_model(searcher.model, towers=("text",))
+        server = make_server(searcher, args.host, args.port)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        searcher.close()
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
+    except index_lib.CLI_ERRORS as e:
+        searcher.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {args.index} ({searcher.num_files} files, {searcher.num_windows} "

@@ -119,3 +119,25 @@ def test_export_cli_and_search_clis_with_the_exported_model(trained, tmp_path):
     hits = json.loads(r.stdout)
     hits = hits["results"] if isinstance(hits, dict) else hits
     assert sorted(pathlib.Path(h["path"]).name for h in hits) == ["beep.wav", "hum.flac"]
+
+
+def test_export_cli_refuses_what_is_not_a_workdir(tmp_path, capsys):
+    for workdir, message in [(tmp_path / "nope", "training workdir not found"),
+                             (tmp_path, "is not a training workdir (no config.json)"),
+                             ("gs://bucket/run", "is a URL")]:
+        with pytest.raises(SystemExit) as exit_info:
+            export_lib.main(["--workdir", str(workdir), "--out", str(tmp_path / "bundle")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    # A workdir with a config but no checkpoint yet: an error, not a traceback.
+    (tmp_path / "run").mkdir()
+    config = config_lib.load(f"{ROOT}/configs/synthetic.py:size=tiny", [])
+    (tmp_path / "run" / "config.json").write_text(config.to_json_best_effort())
+    assert export_lib.main(["--workdir", str(tmp_path / "run"), "--out",
+                            str(tmp_path / "bundle")]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "holds no checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "bundle").exists()
+    (tmp_path / "bundle").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        export_lib.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")])
+    assert exit_info.value.code == 2 and "exists" in capsys.readouterr().err

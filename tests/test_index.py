@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
@@ -128,8 +129,9 @@ def test_update_embeds_only_new_and_changed_files(tmp_path, search_kit):
     before = model.windows
     again = index_lib.build_index(audio, model, idx, progress=False)
     assert model.windows - before == PROBE_WINDOWS
-    assert (again.unchanged, again.added, again.changed) == (7, 0, 0)
-    assert [p for p, _ in again.still_failing] == ["corrupt.wav"]
+    # corrupt.wav failed before: it is tried again (it has no rows, so only decoding).
+    assert (again.unchanged, again.added, again.changed) == (6, 0, 0)
+    assert [p for p, _ in again.still_failing] == ["corrupt.wav"] and not again.failed
 
     sr = model.sample_rate
     soundfile.write(files["dog"], search_kit.render("drum", 3.0, sr), sr)   # new content
@@ -274,8 +276,12 @@ def test_killed_indexer_resumes_to_a_consistent_index(tmp_path, search_kit):
     windows_done = sum(len(v[1]) for v in done.values())
     model = CountingModel(search_kit.model)
     report = index_lib.build_index(audio, model, idx, progress=False)
-    assert report.added + len(report.failed) + report.unchanged == total
-    assert report.unchanged == len(done)  # committed files are not embedded again
+    failed_before = [path for path, v in done.items() if v[3] is not None]
+    assert (report.added + len(report.failed) + len(report.still_failing) + report.unchanged
+            == total)
+    # Committed files are not embedded again; committed failures are tried again.
+    assert report.unchanged == len(done) - len(failed_before)
+    assert [path for path, _ in report.still_failing] == failed_before
     clean = index_lib.build_index(audio, search_kit.model, tmp_path / "clean",
                                   progress=False)
     assert model.windows - PROBE_WINDOWS == clean.windows - windows_done
@@ -341,3 +347,407 @@ def test_index_cli(tmp_path, search_kit, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         index_lib.main([str(tmp_path / "audio"), "--out", str(tmp_path / "new")])
     assert "--model is required" in capsys.readouterr().err
+
+
+# -- long files: decoded in blocks, windows cut as they decode --------------------------------
+
+def test_windower_cuts_blocks_like_the_whole_signal():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        length = int(rng.integers(1, 40))
+        hop = int(rng.integers(1, length + 1))
+        n = int(rng.integers(1, 300))
+        wave = rng.standard_normal(n).astype(np.float32)
+        cuts = np.sort(rng.choice(np.arange(1, n), min(n - 1, int(rng.integers(0, 12))),
+                                  replace=False)) if n > 1 else []
+        blocks = [np.zeros(0, np.float32), *np.split(wave, cuts)]  # an empty block too
+        windower = index_lib.Windower(length, hop)
+        got = list(windower.frames(blocks))
+        want = index_lib.window_starts(n, length, hop)
+        assert [s for s, _ in got] == want.tolist() and windower.samples == n
+        for (_, frame), s in zip(got, want, strict=True):
+            np.testing.assert_array_equal(frame, index_lib.window(wave, int(s), length))
+    assert list(index_lib.Windower(5, 2).frames([])) == []
+
+
+def _write_long(kit, path, seconds, rate=44100):
+    """A stereo file whose halves differ, so that its windows differ."""
+    half = seconds / 2
+    left = np.concatenate([kit.render("bird", half, rate), kit.render("siren", half, rate)])
+    right = np.concatenate([kit.render("rain", half, rate), kit.render("bell", half, rate)])
+    soundfile.write(path, np.stack([left, right], 1), rate)
+
+
+_REAL_READ = soundfile.SoundFile.read
+
+
+@pytest.fixture
+def little_memory(monkeypatch):
+    """A machine that cannot hold a whole file decoded: a read of more than 2**17 frames
+    (or of the whole file) at once raises MemoryError, as numpy does when it cannot
+    allocate. soundfile.read reads through SoundFile.read, so every decode path meets it."""
+    limit = 1 << 17
+    real_read = soundfile.SoundFile.read
+
+    def read(self, frames=-1, *args, **kwargs):
+        if frames < 0 or frames > limit:
+            raise MemoryError(f"Unable to allocate {frames} frames (test limit {limit})")
+        return real_read(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(soundfile.SoundFile, "read", read)
+    return limit
+
+
+def _whole_file_embeddings(model, path, window_s, hop_s):
+    """Independent reference: the whole file decoded at once, framed, embedded."""
+    from data_pipeline import audio
+
+    sr = model.sample_rate
+    wave = audio.load(path, sr)
+    starts = index_lib.window_starts(len(wave), int(window_s * sr), int(hop_s * sr))
+    frames = np.stack([index_lib.window(wave, int(s), int(window_s * sr)) for s in starts])
+    return model.embed_audio(frames, sr), starts / sr, len(wave) / sr
+
+
+def test_long_file_is_decoded_in_blocks_with_the_whole_file_windows(tmp_path, search_kit,
+                                                                    little_memory):
+    audio_dir = tmp_path / "audio"
+    write_collection(audio_dir, search_kit)
+    _write_long(search_kit, audio_dir / "field.wav", 70.0)  # 3.1 M frames: too many at once
+    report = _build(search_kit, audio_dir, tmp_path / "idx", dtype="float32",
+                    window_seconds=10.0, hop_seconds=5.0, batch_size=3)
+    assert [p for p, _ in report.failed] == ["corrupt.wav"] and report.added == 7
+    got = _contents(tmp_path / "idx")
+    for rel in ("field.wav", "long.wav", "car.flac", "sub/rain.wav"):
+        path = audio_dir / rel
+        with pytest.MonkeyPatch.context() as unlimited:
+            unlimited.setattr(soundfile.SoundFile, "read", _REAL_READ)
+            want, starts, duration = _whole_file_embeddings(search_kit.model, path, 10, 5)
+        vectors, got_starts, got_duration, error = got[rel]
+        assert error is None and got_duration == pytest.approx(duration)
+        np.testing.assert_array_equal(got_starts, starts.astype(np.float32))
+        np.testing.assert_allclose(vectors, want, atol=1e-6)  # float32 storage
+    assert len(got["field.wav"][1]) == 13
+
+
+def test_query_file_is_decoded_in_blocks(tmp_path, search_kit, little_memory):
+    audio_dir = tmp_path / "audio"
+    write_collection(audio_dir, search_kit)
+    _build(search_kit, audio_dir, tmp_path / "idx", window_seconds=10.0, hop_seconds=5.0)
+    example = tmp_path / "example.wav"
+    _write_long(search_kit, example, 70.0)
+    with search_lib.Searcher(tmp_path / "idx", search_kit.model) as searcher:
+        hits = searcher.search_file(example, k=3)
+        with pytest.MonkeyPatch.context() as unlimited:
+            unlimited.setattr(soundfile.SoundFile, "read", _REAL_READ)
+            want, _, _ = _whole_file_embeddings(search_kit.model, example, 10, 5)
+        q = want.mean(0)
+        expected = searcher.search_embedding(q / np.linalg.norm(q), k=3)
+    assert [(h.path, h.time) for h in hits] == [(h.path, h.time) for h in expected]
+    np.testing.assert_allclose([h.score for h in hits], [h.score for h in expected],
+                               atol=1e-5)
+
+
+def test_out_of_memory_decoding_a_file_skips_only_that_file(tmp_path, search_kit,
+                                                            monkeypatch):
+    audio_dir = tmp_path / "audio"
+    write_collection(audio_dir, search_kit)
+
+    def read(self, *args, **kwargs):
+        if self.name.endswith("long.wav"):
+            raise MemoryError()  # numpy's MemoryError for a huge array may have no message
+        return _REAL_READ(self, *args, **kwargs)
+
+    monkeypatch.setattr(soundfile.SoundFile, "read", read)
+    report = _build(search_kit, audio_dir, tmp_path / "idx", commit_every=1)
+    failed = dict(report.failed)
+    assert sorted(failed) == ["corrupt.wav", "long.wav"] and report.added == 5
+    assert "MemoryError" in failed["long.wav"]
+    assert _contents(tmp_path / "idx")["long.wav"][3] == failed["long.wav"]
+    monkeypatch.undo()
+    again = _build(search_kit, audio_dir, tmp_path / "idx")  # the next run tries it again
+    assert again.changed == 1 and [p for p, _ in again.still_failing] == ["corrupt.wav"]
+    assert _contents(tmp_path / "idx")["long.wav"][3] is None
+    _assert_consistent(tmp_path / "idx")
+
+
+def _sparse_au(path, seconds, rate=48000, channels=2):
+    """A 16-bit PCM .au file of silence that takes no disk space (a sparse file)."""
+    import struct
+
+    data = int(seconds * rate) * channels * 2
+    with open(path, "wb") as f:
+        f.write(b".snd" + struct.pack(">IIIII", 24, 0xFFFFFFFF, 3, rate, channels))
+        f.truncate(24 + data)
+    return data
+
+
+def _peak_memory(fn) -> int:
+    """Peak bytes that Python and numpy allocated while fn() ran."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_indexing_and_querying_memory_does_not_grow_with_duration(tmp_path, search_kit):
+    peaks = {}
+    for minutes in (0.5, 4, 20):  # the first run imports the decoders: not compared
+        audio_dir, idx = tmp_path / f"audio{minutes}", tmp_path / f"idx{minutes}"
+        audio_dir.mkdir()
+        _sparse_au(audio_dir / "recording.au", minutes * 60)
+        index_peak = _peak_memory(functools.partial(
+            _build, search_kit, audio_dir, idx, window_seconds=10.0, hop_seconds=5.0,
+            batch_size=2))
+        with search_lib.Searcher(idx, search_kit.model) as searcher:
+            assert searcher.num_windows == int(minutes * 60 - 10) // 5 + 1
+            peaks[minutes] = index_peak, _peak_memory(functools.partial(
+                searcher.search_file, audio_dir / "recording.au", k=1))
+    # 20 minutes at 48 kHz stereo is 460 MB of float32 decoded whole (plus its mono mix
+    # and the resampled copy). In blocks, the peak is the model's batch, the blocks decoded
+    # ahead of it (up to PREFETCH_SAMPLES, 16 MB) and small change, whatever the duration.
+    whole = 20 * 60 * 48000 * 2 * 4
+    (index_4, query_4), (index_20, query_20) = peaks[4], peaks[20]
+    assert index_20 < index_4 + 4e6 and index_20 < whole / 5, peaks
+    assert query_20 < query_4 + 4e6 and query_20 < whole / 5, peaks
+
+
+# -- the index folder: never shared with other files ---------------------------------------
+
+def test_a_new_index_needs_a_new_or_empty_folder(tmp_path, search_kit):
+    audio_dir = tmp_path / "audio"
+    write_collection(audio_dir, search_kit)
+    # A folder of the user's whose names look like the index's own files.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("ann-20230115 birthday.wav", "codes-123456.i8", "draft mix.tmp", "notes"):
+        (mine / name).write_text("user data")
+    before = sorted(p.name for p in mine.iterdir())
+    with pytest.raises(store.AudioIndexError, match="not empty .* holds no index"):
+        _build(search_kit, audio_dir, mine)
+    assert sorted(p.name for p in mine.iterdir()) == before
+    with pytest.raises(store.AudioIndexError, match="is the audio folder"):
+        _build(search_kit, audio_dir, audio_dir)
+    with pytest.raises(store.AudioIndexError, match="is a file"):
+        _build(search_kit, audio_dir, mine / "notes")
+    # An empty folder is fine, and so is one an interrupted create left behind.
+    (tmp_path / "empty").mkdir()
+    assert _build(search_kit, audio_dir, tmp_path / "empty").added == 6
+    (tmp_path / "crashed").mkdir()
+    for name in (store.LOCK_NAME, store.DB_NAME + ".tmp", store.DB_NAME + ".tmp-journal"):
+        (tmp_path / "crashed" / name).write_bytes(b"x")
+    assert _build(search_kit, audio_dir, tmp_path / "crashed").added == 6
+    assert not (tmp_path / "crashed" / (store.DB_NAME + ".tmp-journal")).exists()
+
+
+def test_an_index_inside_the_collection_is_not_indexed(tmp_path, search_kit):
+    audio_dir = tmp_path / "audio"
+    write_collection(audio_dir, search_kit)
+    _build(search_kit, audio_dir, audio_dir / "the index")
+    sr = search_kit.model.sample_rate
+    soundfile.write(audio_dir / "the index" / "stray.wav", search_kit.render("dog", 1, sr), sr)
+    report = _build(search_kit, audio_dir, audio_dir / "the index")
+    assert report.added == 0 and "the index/stray.wav" not in _contents(audio_dir / "the index")
+
+
+def test_writer_clean_up_deletes_only_the_names_it_generates(tmp_path, search_kit):
+    audio_dir, idx = tmp_path / "audio", tmp_path / "idx"
+    write_collection(audio_dir, search_kit)
+    _build(search_kit, audio_dir, idx)
+    users = ["ann-20230115 birthday.wav", "codes-123456 morse.wav", "draft mix.tmp",
+             "vectors-000000.f16.bak", "scalars-000001.f32.old", "ann-000000.faiss.v2"]
+    stale = ["vectors-000003.f16", "codes-000003.i8", "scalars-000003.f32", "vectors-000000.f32",
+             "ann-000002.faiss", "ann-000000.faiss.1234.tmp", store.DB_NAME + ".tmp"]
+    for name in users + stale:
+        (idx / name).write_text("x")
+    (idx / "ann-000000.faiss").write_text("the current generation's: kept")
+    with store.AudioIndex.open(idx, writable=True):
+        pass
+    left = {p.name for p in idx.iterdir()}
+    assert set(users) <= left and not set(stale) & left and "ann-000000.faiss" in left
+
+
+# -- files that failed --------------------------------------------------------------------
+
+def test_a_failed_file_is_tried_again_on_the_next_run(tmp_path, search_kit):
+    # The cause of a failure can lie outside the file (a read error, a missing decoder,
+    # too little memory) and go away while its size and mtime stay the same. Simulated
+    # here by content that changes behind an unchanged size and mtime.
+    audio_dir = tmp_path / "audio"
+    write_collection(audio_dir, search_kit)
+    dog = audio_dir / "dog.wav"
+    good = dog.read_bytes()
+    stat = dog.stat()
+    dog.write_bytes(b"\0" * len(good))
+    os.utime(dog, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    first = _build(search_kit, audio_dir, tmp_path / "idx")
+    assert sorted(p for p, _ in first.failed) == ["corrupt.wav", "dog.wav"]
+    dog.write_bytes(good)
+    os.utime(dog, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    model = CountingModel(search_kit.model)
+    second = index_lib.build_index(audio_dir, model, tmp_path / "idx", progress=False)
+    assert second.changed == 1 and not second.failed
+    assert [p for p, _ in second.still_failing] == ["corrupt.wav"]
+    assert "2 undecodable" not in second.summary() and "1 undecodable" in second.summary()
+    assert model.windows == PROBE_WINDOWS + 1  # dog.wav's one window
+    with search_lib.Searcher(tmp_path / "idx", search_kit.model) as searcher:
+        assert searcher.search("dog", 1)[0].path == "dog.wav"
+
+
+# -- the command line -----------------------------------------------------------------------
+
+@pytest.fixture
+def cli(tmp_path, search_kit, monkeypatch):
+    """(audio folder, run(argv) -> (exit code, stdout, stderr)) with atjax.load stubbed."""
+    import atjax
+
+    write_collection(tmp_path / "audio", search_kit)
+    monkeypatch.setattr(atjax, "load", lambda path: search_kit.model)
+
+    def run(argv, main=index_lib.main):
+        import contextlib
+        import io
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as e:
+                code = e.code
+        return code, out.getvalue(), err.getvalue()
+
+    return tmp_path / "audio", run
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["--commit-every", "0"], "--commit-every: must be at least 1"),
+    (["--batch-size", "1.5"], "--batch-size: expected a whole number"),
+    (["--window", "0"], "--window: must be a positive number of seconds"),
+    (["--hop", "0"], "--hop: must be a positive number of seconds"),
+    (["--window", "-2"], "--window: must be a positive"),
+    (["--window", "nan"], "--window: must be a positive"),
+    (["--hop", "inf"], "--hop: must be a positive"),
+])
+def test_index_cli_refuses_bad_arguments(cli, tmp_path, args, message):
+    audio_dir, run = cli
+    code, _, err = run([audio_dir, "--out", tmp_path / "idx", "--model", "b", "--no-progress",
+                        *args])
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "idx").exists()
+
+
+def test_index_cli_reports_errors_without_a_traceback(cli, tmp_path, monkeypatch):
+    import sys
+
+    audio_dir, run = cli
+    base = [audio_dir, "--model", "b", "--no-progress"]
+    # A window shorter than one sample of the model: refused before anything is created.
+    code, _, err = run([*base, "--out", tmp_path / "idx", "--window", "0.00001"])
+    assert code == 1 and "less than one sample at the model's 16000 Hz" in err
+    assert not (tmp_path / "idx").exists()
+    (tmp_path / "a file").write_text("x")
+    code, _, err = run([*base, "--out", tmp_path / "a file"])
+    assert code == 2 and "is a file" in err
+    code, _, err = run([*base, "--out", tmp_path / "audio" / "sub"])
+    assert code == 1 and "not empty" in err
+    # An empty collection with --approximate: an empty index, and a note.
+    pytest.importorskip("faiss")
+    (tmp_path / "nothing").mkdir()
+    code, out, err = run([tmp_path / "nothing", "--out", tmp_path / "empty", "--model", "b",
+                          "--no-progress", "--approximate"])
+    assert code == 0 and "no approximate index was built" in out
+    # Without faiss, --approximate stops before any work.
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    code, _, err = run([*base, "--out", tmp_path / "idx", "--approximate"])
+    assert code == 1 and "pip install faiss-cpu" in err and not (tmp_path / "idx").exists()
+
+
+def test_index_cli_without_the_data_extra(cli, tmp_path, monkeypatch):
+    import sys
+
+    import data_pipeline
+
+    audio_dir, run = cli
+    # As on a base install: soundfile and soxr cannot be imported (nor what needs them).
+    for name in ("soundfile", "soxr", "data_pipeline.audio"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delattr(data_pipeline, "audio", raising=False)
+    code, _, err = run([audio_dir, "--out", tmp_path / "idx", "--model", "b", "--no-progress"])
+    assert code == 1 and 'pip install "atjax[data]"' in err and "Traceback" not in err
+    assert not (tmp_path / "idx").exists()
+
+
+# -- readers never write --------------------------------------------------------------------
+
+def test_readers_open_the_index_read_only(tmp_path, search_kit):
+    # Whatever the file permissions say (the tests may run as root, for whom a chmod stops
+    # nothing), a reader's connection itself must refuse to write.
+    write_collection(tmp_path / "audio", search_kit)
+    _build(search_kit, tmp_path / "audio", tmp_path / "idx")
+    db_file = tmp_path / "idx" / store.DB_NAME
+    before = db_file.read_bytes()
+    with search_lib.Searcher(tmp_path / "idx", search_kit.model) as searcher:
+        assert searcher.search("dog", 1)[0].path == "dog.wav"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            searcher.index._db.execute("UPDATE meta SET value = '0' WHERE key = 'generation'")
+    assert db_file.read_bytes() == before
+
+
+@pytest.fixture
+def read_only_folder():
+    """make(path): makes a folder really read-only for this process, undone afterwards.
+
+    chmod does not stop root (tests may run as root); root is stopped by the immutable
+    attribute (chattr +i), where the file system and the process's capabilities allow it.
+    """
+    import shutil
+    import stat as stat_lib
+
+    undo = []
+
+    def make(path):
+        if os.geteuid() != 0:
+            mode = path.stat().st_mode
+            path.chmod(stat_lib.S_IRUSR | stat_lib.S_IXUSR)
+            undo.append(lambda: path.chmod(mode))
+        elif shutil.which("chattr") is None or subprocess.run(
+                ["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root where chattr +i is unavailable: cannot make a "
+                        "folder read-only")
+        else:
+            undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=True))
+        probe = path / "probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")
+
+    yield make
+    for fn in undo:
+        fn()
+
+
+def test_search_and_serve_work_on_a_read_only_index(tmp_path, search_kit, monkeypatch,
+                                                    read_only_folder, capsys):
+    import atjax
+    from atjax import serve
+
+    write_collection(tmp_path / "audio", search_kit)
+    _build(search_kit, tmp_path / "audio", tmp_path / "idx", bundle=str(tmp_path / "b"))
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir() if "sqlite-" in p.name) == []
+    read_only_folder(tmp_path / "idx")
+    monkeypatch.setattr(atjax, "load", lambda path: search_kit.model)
+    assert search_lib.main([str(tmp_path / "idx"), "a dog", "-k", "1"]) == 0
+    assert "dog.wav" in capsys.readouterr().out
+    with search_lib.Searcher(tmp_path / "idx", search_kit.model) as searcher:
+        server = serve.make_server(searcher, port=0)
+        server.server_close()
+        assert searcher.counts() == (6, 9)
+    # The writer cannot work there: an error, not a traceback.
+    assert index_lib.main([str(tmp_path / "audio"), "--out", str(tmp_path / "idx"),
+                           "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'idx'}: cannot open the index for writing")

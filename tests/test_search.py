@@ -253,3 +253,89 @@ def test_bench_reports_exactness_and_recall(tmp_path, capsys):
     assert 0.5 <= by["float16", "approximate"]["recall_at_10"] <= 1.0
     assert by[None, "float16_vs_float32"]["top10_overlap"] > 0.9
     assert capsys.readouterr().out.count("\n") == len(lines)
+
+
+def _best_window_per_file(path, q):
+    """Reference: file id -> (best score, its window's start), every vector in float64."""
+    with store.AudioIndex.open(path) as index:
+        rows, row_file = index.segments()
+        scores = np.asarray(rows.vectors, np.float64) @ q.astype(np.float64)
+        starts = np.asarray(rows.scalars[:, store.START])
+    best = {}
+    for row in np.flatnonzero(row_file >= 0):
+        f = int(row_file[row])
+        if f not in best or scores[row] > best[f][0]:
+            best[f] = (float(scores[row]), float(starts[row]))
+    return best
+
+
+def test_approximate_hits_carry_their_files_best_window(tmp_path):
+    pytest.importorskip("faiss")
+    bench.write_index(tmp_path / "idx", windows=8000, dim=32, dtype="float32",
+                      windows_per_file=20, seed=0, log=lambda _: None)
+    queries = bench.Generator(32, clusters=16, seed=0).queries(30)
+    # Few cells visited: the proposals often hold a lesser window of a file, not its best.
+    with search_lib.Searcher(tmp_path / "idx", approximate=True, nprobe=2) as searcher:
+        for q in queries:
+            hits = searcher.search_embedding(q, 10)
+            best = _best_window_per_file(tmp_path / "idx", q)
+            assert 0 < len(hits) <= 10  # two cells may hold fewer than 10 files
+            for h in hits:
+                assert h.score == pytest.approx(best[h.file_id][0], abs=1e-5)
+                assert h.time == best[h.file_id][1]
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_approximate_search_with_any_k_and_an_empty_index(tmp_path):
+    pytest.importorskip("faiss")
+    _random_index(tmp_path / "idx", windows=300, dim=16)
+    q = np.random.default_rng(4).standard_normal(16).astype(np.float32)
+    with search_lib.Searcher(tmp_path / "idx", approximate=True) as searcher:
+        everything = searcher.search_embedding(q, 10**12)  # faiss is asked for at most all
+    assert len(everything) == 60  # 300 windows, 5 per file
+    with store.AudioIndex.create(tmp_path / "empty", store.Settings(
+            dim=16, dtype="float16", window_seconds=10, hop_seconds=5, sample_rate=16000,
+            root=str(tmp_path)), {"bundle": None, "sample_rate": 16000, "fingerprint": {}}):
+        pass
+    with search_lib.Searcher(tmp_path / "empty", approximate=True) as searcher:
+        assert searcher.search_embedding(q, 10**12) == []
+    with pytest.raises(ValueError, match="nprobe"):
+        search_lib.Searcher(tmp_path / "idx", approximate=True, nprobe=0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nprobe", "0"], "--nprobe: must be at least 1"),
+    (["--nprobe", "-3"], "--nprobe: must be at least 1"),
+    (["-k", "1e12"], "-k: expected a whole number"),
+    (["-k", "-1"], "-k: must be at least 1"),
+])
+def test_search_cli_refuses_bad_arguments(collection, search_kit, monkeypatch, capsys, args,
+                                          message):
+    import atjax
+
+    _, idx = collection
+    monkeypatch.setattr(atjax, "load", lambda path: search_kit.model)
+    with pytest.raises(SystemExit) as exit_info:
+        search_lib.main([str(idx), "dog", "--model", "b", "--approximate", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_search_cli_reports_errors_without_a_traceback(collection, search_kit, monkeypatch,
+                                                       capsys, tmp_path):
+    import sys
+
+    import atjax
+
+    _, idx = collection
+    monkeypatch.setattr(atjax, "load", lambda path: search_kit.model)
+    pytest.importorskip("faiss")
+    assert search_lib.main([str(idx), "dog", "--model", "b", "--approximate",
+                            "-k", str(10**12)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 7  # the header and the 6 files
+    (tmp_path / "junk.wav").write_bytes(b"not audio")
+    assert search_lib.main([str(idx), "--audio", str(tmp_path / "junk.wav"), "--model",
+                            "b"]) == 1
+    assert "error: cannot decode audio file" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    assert search_lib.main([str(idx), "dog", "--model", "b", "--approximate"]) == 1
+    assert "error: approximate search needs faiss" in capsys.readouterr().err

@@ -223,3 +223,62 @@ def test_serve_cli(tmp_path, search_kit, monkeypatch, capsys):
     monkeypatch.setattr(atjax, "load", lambda p: search_kit.other_model)
     assert serve.main([str(tmp_path / "idx"), "--port", "0"]) == 1
     assert "probes differently" in capsys.readouterr().err
+
+
+def test_info_follows_index_updates(tmp_path, search_kit):
+    import threading
+
+    import soundfile
+
+    from atjax import index as index_lib
+    from atjax import search as search_lib
+    from atjax import serve
+    from conftest_search import write_collection
+
+    write_collection(tmp_path / "audio", search_kit)
+    index_lib.build_index(tmp_path / "audio", search_kit.model, tmp_path / "idx",
+                          progress=False)
+    with search_lib.Searcher(tmp_path / "idx", search_kit.model) as searcher:
+        httpd = serve.make_server(searcher, port=0)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            status, _, body = _request(httpd, "GET", "/api/info")
+            assert status == 200 and (json.loads(body)["files"], json.loads(body)["windows"]) \
+                == (6, 9)
+            sr = search_kit.model.sample_rate
+            for word in ("drum", "dog"):
+                soundfile.write(tmp_path / "audio" / f"new {word}.wav",
+                                search_kit.render(word, 12.0, sr), sr)
+            index_lib.build_index(tmp_path / "audio", search_kit.model, tmp_path / "idx",
+                                  progress=False)
+            # No search in between: the counts are read as of now.
+            status, _, body = _request(httpd, "GET", "/api/info")
+            assert status == 200 and (json.loads(body)["files"], json.loads(body)["windows"]) \
+                == (8, 13)
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+def test_serve_cli_reports_a_port_in_use(tmp_path, search_kit, monkeypatch, capsys):
+    import atjax
+    from atjax import index as index_lib
+    from atjax import serve
+    from conftest_search import write_collection
+
+    write_collection(tmp_path / "audio", search_kit)
+    index_lib.build_index(tmp_path / "audio", search_kit.model, tmp_path / "idx",
+                          bundle=str(tmp_path / "bundle"), progress=False)
+    monkeypatch.setattr(atjax, "load", lambda p: search_kit.model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve.main([str(tmp_path / "idx"), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main([str(tmp_path / "idx"), "--port", "70000"])
+    assert exit_info.value.code == 2 and "--port: must be from 0 to 65535" in \
+        capsys.readouterr().err

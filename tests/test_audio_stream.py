@@ -1,0 +1,94 @@
+"""data_pipeline.audio.stream: `load` in blocks, for files too long to hold decoded."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_pipeline import audio
+
+
+def _signal(seconds, rate, channels, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tones = [0.3 * np.sin(2 * np.pi * f * t) for f in (220.0, 1250.0, 3100.0)[:channels]]
+    return (np.stack(tones, 1) + 0.05 * rng.standard_normal((len(t), channels))).astype(
+        np.float32)
+
+
+@pytest.mark.parametrize("rate, channels, subtype, ext", [
+    (44100, 2, "PCM_16", ".wav"),   # downmixed and resampled
+    (22050, 1, "PCM_24", ".flac"),
+    (16000, 1, "FLOAT", ".wav"),    # already at the target rate: no resampler
+    (8000, 3, "PCM_16", ".wav"),    # upsampled, three channels
+])
+@pytest.mark.parametrize("block_frames", [1, 777, 4096, 1 << 16])
+def test_stream_concatenates_to_load(tmp_path, rate, channels, subtype, ext, block_frames):
+    path = tmp_path / f"x{ext}"
+    sf.write(path, _signal(2.3 if block_frames > 1 else 0.2, rate, channels), rate,
+             subtype=subtype)
+    blocks = list(audio.stream(path, 16000, block_frames=block_frames))
+    assert all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    # soxr's streaming resampler gives the one-shot call's samples exactly.
+    np.testing.assert_array_equal(np.concatenate(blocks), audio.load(path, 16000))
+    if block_frames == 777:
+        assert len(blocks) > 5
+
+
+class _FakeAudioread:
+    """audioread's interface, with buffers that split frames (and samples) anywhere."""
+
+    def __init__(self, pcm: bytes, channels: int, rate: int, cuts):
+        self.channels, self.samplerate = channels, rate
+        self._pieces = [pcm[a:b] for a, b in zip([0, *cuts], [*cuts, len(pcm)], strict=True)]
+        self.closed = False
+
+    def __iter__(self):
+        return iter(self._pieces)
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_stream_through_audioread_carries_split_frames(tmp_path, monkeypatch):
+    audioread = pytest.importorskip("audioread")
+    path = tmp_path / "x.m4a"
+    path.write_bytes(b"not something libsndfile reads")
+    # Cuts inside a sample and inside a frame, and half a frame at the end (dropped).
+    pcm = (_signal(0.5, 22050, 2) * 32767).astype("<i2").tobytes() + b"\x01\x02"
+    opened = []
+
+    def audio_open(p):
+        opened.append(_FakeAudioread(pcm, 2, 22050, cuts=[3, 5, 1001, 4000, 4001]))
+        return opened[-1]
+
+    monkeypatch.setattr(audioread, "audio_open", audio_open)
+    want = audio.load(path, 16000)
+    got = np.concatenate(list(audio.stream(path, 16000, block_frames=64)))
+    np.testing.assert_array_equal(got, want)
+    assert all(f.closed for f in opened)
+
+
+def test_stream_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        audio.stream(tmp_path / "missing.wav", 16000)  # at once, before any block
+    (tmp_path / "junk.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + bytes(64))
+    with pytest.raises(audio.AudioDecodeError, match="junk.wav"):
+        list(audio.stream(tmp_path / "junk.wav", 16000))
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    with pytest.raises(audio.AudioDecodeError, match="no samples"):
+        list(audio.stream(tmp_path / "empty.wav", 16000))
+    wave = np.zeros(10000, np.float32)
+    wave[9000] = np.nan
+    sf.write(tmp_path / "nan.wav", wave, 16000, subtype="FLOAT")
+    pieces = audio.stream(tmp_path / "nan.wav", 16000, block_frames=1000)
+    assert len(next(pieces)) == 1000  # the problem is raised when it is reached
+    with pytest.raises(audio.AudioDecodeError, match="NaN"):
+        list(pieces)
+    with pytest.raises(ValueError, match="sample_rate"):
+        audio.stream(tmp_path / "nan.wav", 0)
