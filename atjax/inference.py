@@ -88,7 +88,13 @@ class Embedder:
         silence to a whole number of chunks.
         """
         sample_rate = self.sample_rate if sample_rate is None else int(sample_rate)
-        clips = [np.asarray(w, np.float32) for w in waveforms]
+        clips = [np.asarray(w) for w in waveforms]
+        for c in clips:
+            if not np.issubdtype(c.dtype, np.floating):
+                # Integer PCM taken as float is 2**15 times too loud (+90 dB for int16).
+                raise TypeError(f"embed_audio expects float waveforms in [-1, 1], got {c.dtype}; "
+                                "scale integer PCM by its full scale first (e.g. int16 / 32768)")
+        clips = [c.astype(np.float32, copy=False) for c in clips]
         if any(c.ndim != 1 for c in clips):
             raise ValueError("embed_audio expects [B, N] waveforms or a list of 1-D arrays")
         if sample_rate != self.sample_rate:
