@@ -25,10 +25,11 @@ import time
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
 METRICS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "twin", "bat",
-           "bat_order_blind")
+           "bat_order_blind", "twin_audio_cosine")
 HEADLINE = {"single_r1": "single R@1", "pair_r1": "pair R@1",
             "swap_r1_original": "PTe-style R@1 orig", "swap_r1_swapped": "R@1 swapped",
-            "twin": "twin test", "bat": "BAT", "bat_order_blind": "BAT order-blind"}
+            "twin": "twin test", "bat": "BAT", "bat_order_blind": "BAT order-blind",
+            "twin_audio_cosine": "audio cos(pair, twin)"}
 
 
 def _config(head: str, batches: str, seed: int, args):
@@ -66,13 +67,23 @@ def _run_one(name: str, head: str, batches: str, seed: int, args, *, train: bool
 
     run_dir = pathlib.Path(args.out) / name
     results = run_dir / "results.json"
-    if results.is_file():
-        logging.info("%s: already done (%s)", name, results)
-        return json.loads(results.read_text())
     config = _config(head, batches, seed, args)
+    config.unlock()
+    # One experiment name per run, so that tables and plots tell seeds and floors apart.
+    config.experiment = f"synthetic-{name}"
     if not train:
-        config.unlock()
         config.total_steps = 0
+    study = {"size": args.size, "steps": int(config.total_steps), "seed": seed}
+    if results.is_file():
+        record = json.loads(results.read_text())
+        done = {k: record.get("study", {"steps": record.get("steps")}).get(k, v)
+                for k, v in study.items()}
+        if done != study:
+            # A finished run is reused as it is: other settings would be silently ignored.
+            raise SystemExit(f"error: {run_dir} holds a finished run with {done}, not the "
+                             f"{study} asked for: choose another --out or remove {run_dir}")
+        logging.info("%s: already done (%s)", name, results)
+        return record
     start = time.perf_counter()
     trainer = trainer_lib.Trainer(config, run_dir / "workdir",
                                   evaluate_fn=evaluators.from_config(config),
@@ -83,6 +94,7 @@ def _run_one(name: str, head: str, batches: str, seed: int, args, *, train: bool
     record = _evaluate(trainer.embedder(), run_dir, str(run_dir / "workdir"), args)
     record["train_seconds"] = round(train_seconds, 1)
     record["steps"] = int(config.total_steps)
+    record["study"] = study
     results.write_text(json.dumps(record, indent=2))
     return record
 
@@ -194,7 +206,10 @@ def main(argv=None) -> int:
     (out / "summary.md").write_text(
         "# Event order on the synthetic corpus\n\n" + table + "\n\n"
         "Chance is 0.5 for the twin test and BAT; the order-blind BAT is what the text side "
-        "alone achieves. Per-run bootstrap intervals are in each results.json and in "
+        "alone achieves. The twin test is 0.5 when either side is order-blind; the audio "
+        "side alone shows in audio cos(pair, twin), the cosine of a pair clip's embedding "
+        "with its reversed twin's (1 for order-blind audio). Per-run bootstrap intervals "
+        "(pairs resampled with their twins) are in each results.json and in "
         "report/report.md.\n")
     _plot(summary, out / "ordering.png")
     from atjax import report

@@ -64,7 +64,29 @@ HEADS = {"mlp": "MLP", "transformer": "Transformer"}
 DATA = {"original": "Original", "nv": "NV", "acba": "+ACBA", "nv+acba": "NV +ACBA",
         "synthetic": "synthetic"}
 SYNTHETIC_COLUMNS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "bat",
-                     "bat_order_blind", "twin")
+                     "bat_order_blind", "twin", "twin_audio_cosine")
+
+
+# Folder names that say where a run keeps its model, not which run it is.
+_GENERIC_FOLDERS = frozenset({"workdir", "checkpoints", "best", "export", "bundle"})
+
+
+def _model_folder(model: str) -> str:
+    parts = [p for p in pathlib.PurePath(model).parts if p not in ("/", "")]
+    while len(parts) > 1 and parts[-1] in _GENERIC_FOLDERS:
+        parts.pop()
+    return parts[-1] if parts else model
+
+
+def _disambiguate(runs: list[Run]) -> None:
+    """Runs sharing an experiment name (seeds of one experiment) are told apart by their
+    folders in every table and plot."""
+    names: dict[str, int] = {}
+    for run in runs:
+        names[run.label] = names.get(run.label, 0) + 1
+    for run in runs:
+        if names[run.label] > 1:
+            run.alias = f"{run.label} [{_model_folder(run.model)}]"
 
 
 @dataclasses.dataclass
@@ -77,10 +99,11 @@ class Run:
     synthetic: dict[str, float] = dataclasses.field(default_factory=dict)
     files: list[str] = dataclasses.field(default_factory=list)
     placed: set[str] = dataclasses.field(default_factory=set)
+    alias: str = ""  # set by load_runs where two runs share an experiment name
 
     @property
     def label(self) -> str:
-        return self.experiment.get("name") or pathlib.PurePath(self.model).name
+        return self.alias or self.experiment.get("name") or _model_folder(self.model)
 
     def get(self, key: str):
         value = self.metrics.get(key)
@@ -125,6 +148,7 @@ def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[str]]:
                 notes.append(f"{path}: {key} = {value} replaces {target[key]} of {model}")
             target[key] = value
         run.files.append(str(path))
+    _disambiguate(list(runs.values()))
     return list(runs.values()), notes
 
 
@@ -152,9 +176,14 @@ def _cell(ours, paper=None, ci: str = "") -> str:
     return f"{text} ({_num(paper)})" if paper is not None else text
 
 
+def _row(cells: Sequence[str]) -> str:
+    # A "|" inside a cell ("MLP | Original") would end the cell and break the table.
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
 def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = [_row(header), "|" + "---|" * len(header)]
+    lines += [_row(r) for r in rows]
     return "\n".join(lines)
 
 
@@ -315,8 +344,8 @@ def figure3(runs: list[Run], out_dir: pathlib.Path | None) -> str:
             "before<->after exchanged (50% = chance). ACBA BAT is the same test on ACBA pairs; "
             "its order-blind control replaces each clip by the mean of it and its reversed "
             "twin (what the text alone achieves); the twin test asks whether a caption is "
-            "closer to its clip than to the reversed twin (50% for an order-blind audio "
-            "encoder). BAT means something only above its control.\n\n"
+            "closer to its clip than to the reversed twin (50% when the audio or the text "
+            "side is order-blind). BAT means something only above its control.\n\n"
             + _table(["Agg/Proj | Data", "BAT", "ACBA BAT", "ACBA order-blind BAT",
                       "ACBA twin"], rows))
     if out_dir is not None:
@@ -345,7 +374,10 @@ def synthetic_table(runs: list[Run], out_dir: pathlib.Path | None) -> str:
     text = ("### Order probes on the built-in synthetic corpus\n\n"
             "R@1 of single-event, pair and clause-swapped pair captions (a clip is correct "
             "when it holds the same events, in the same order for pairs), BAT with its "
-            "order-blind control, and the twin test; 95% bootstrap intervals.\n\n"
+            "order-blind control, the twin test (0.5 when either side is order-blind) and "
+            "the cosine of a pair clip's audio embedding with its reversed twin's (1 for an "
+            "order-blind audio encoder); 95% bootstrap intervals, pairs resampled with their "
+            "twins.\n\n"
             + _table(["Model"] + list(SYNTHETIC_COLUMNS), rows))
     if out_dir is not None:
         _grouped_bars(out_dir / "synthetic_order.png", bars,

@@ -328,6 +328,8 @@ def test_acba_order_controls(caplog):
     # and every before/after sentence beats its swapped version.
     assert out["acba_twin"] == 1.0 and out["acba_bat"] == 1.0
     assert out["acba_bat_count"] == out["acba_bat_order_blind_count"] > 0
+    # One cosine per pair; the stand-in's pair and twin embed apart.
+    assert out["acba_twin_audio_cosine_count"] == 24 and out["acba_twin_audio_cosine"] < 0.99
     assert 0 <= out["acba_bat_order_blind"] <= 1
 
 
@@ -381,6 +383,7 @@ def test_probes_synthetic_order_aware():
                               heldout=_toy_heldout)
     assert out["single_r1"] == 1.0 and out["pair_r1"] == 1.0 and out["mix_r1"] == 1.0
     assert out["twin"] == 1.0 and out["twin_count"] == 12
+    assert out["twin_audio_cosine_count"] == 6 and out["twin_audio_cosine"] < 0.99
     assert out["swap_r1_original"] == 1.0 and out["swap_r1_swapped"] == 0.0
     assert out["bat"] == 1.0
     # Averaging each clip with its twin leaves the text nothing to tell apart.
@@ -397,6 +400,7 @@ def test_probes_synthetic_order_blind_is_exactly_half():
     out = evaluate.run_config("probes", model, evaluate.task_config("probes"),
                               heldout=_toy_heldout)
     assert out["twin"] == 0.5 and out["twin_ci_low"] == out["twin_ci_high"] == 0.5
+    assert out["twin_audio_cosine"] == pytest.approx(1.0)  # the audio side, measured alone
     assert out["bat_order_blind"] == out["bat"]
     # A pair ties with its twin, and ties count against the query: no pair is found in its
     # order. In any order, all are but the two whose events also form the mix clip.

@@ -108,6 +108,58 @@ def test_bootstrap_ci():
         order.bootstrap_ci([1.0], level=1.5)
 
 
+def test_bootstrap_ci_items_are_resampled_as_before():
+    # Without groups: the percentile interval of item means, drawn as an independent loop.
+    rng = np.random.default_rng(6)
+    scores = rng.random(300)
+    draws = np.random.default_rng(4).integers(0, 300, size=(500, 300))
+    want = np.quantile(scores[draws].mean(axis=1), [0.025, 0.975])
+    np.testing.assert_allclose(order.bootstrap_ci(scores, resamples=500, seed=4), want,
+                               rtol=1e-12)
+
+
+def test_bootstrap_ci_resamples_whole_groups():
+    """A pair and its twin are one draw: resampling them one by one misstates the interval
+    in both directions."""
+    n = 140
+    groups = np.repeat(np.arange(n), 2)
+    # The twin test with order-blind text: every pair scores 1 + 0 (or 0 + 1), so the mean
+    # is exactly 1/2 in every resample of pairs, while items drawn alone seem to vary.
+    opposite = np.tile([1.0, 0.0], n)
+    assert order.bootstrap_ci(opposite, groups=groups) == (0.5, 0.5)
+    assert np.subtract(*order.bootstrap_ci(opposite)[::-1]) > 0.1
+    # Twins that score alike: the interval is that of n draws, not 2n (sqrt 2 wider).
+    rng = np.random.default_rng(7)
+    alike = np.repeat((rng.random(n) < 0.5).astype(float), 2)
+    items = np.subtract(*order.bootstrap_ci(alike, resamples=4000)[::-1])
+    pairs = np.subtract(*order.bootstrap_ci(alike, groups=groups, resamples=4000)[::-1])
+    assert 1.25 < pairs / items < 1.6
+    # Groups of unequal sizes: the mean is over the items drawn. Group "a" (one item, 1)
+    # and "b" (two items, 0): drawing a+b gives 1/3, a+a 1, b+b 0.
+    low, high = order.bootstrap_ci([1.0, 0.0, 0.0], groups=["a", "b", "b"], resamples=4000,
+                                   level=0.4)
+    assert low == pytest.approx(1 / 3) and high == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="groups has shape"):
+        order.bootstrap_ci([1.0, 0.0], groups=[0])
+
+
+def test_twin_test_is_half_when_either_side_is_order_blind():
+    """The twin test needs order-aware audio and order-aware text: with captions that embed
+    alike, it is 1/2 however well the audio tells the orders apart. The twin audio cosine
+    measures the audio side alone."""
+    rng = np.random.default_rng(8)
+    a, b = _unit(rng, 30, 8), _unit(rng, 30, 8)
+    audio, twin = np.hstack([a, b]), np.hstack([b, a])  # fully order-aware audio
+    caption = np.hstack([a + b, a + b])  # the same for "A then B" and "B then A"
+    scores = np.concatenate([order.twin_scores(caption, audio, twin),
+                             order.twin_scores(caption, twin, audio)])
+    assert scores.mean() == 0.5
+    np.testing.assert_allclose(order.twin_audio_cosines(audio, audio + 1e-9), 1.0)
+    cos = order.twin_audio_cosines(audio, twin)
+    np.testing.assert_allclose(cos, [_cos(x, y) for x, y in zip(audio, twin)])
+    assert cos.max() < 0.9
+
+
 def test_summaries():
     out = order.summarize("bat", [1, 0, 1, 1], resamples=100)
     assert out["bat"] == 0.75 and out["bat_count"] == 4

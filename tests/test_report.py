@@ -71,9 +71,10 @@ def test_report_tables_and_figures(results_dir, tmp_path, capsys):
     # Table 2: the NV run; Table 3 with intervals; Table 4 counts and shares.
     assert "| NV | 0.790 (0.796) | – (0.524) | – (0.506) |" in md
     assert "0.860 [0.840, 0.880]" in md
-    assert "| PTe (table1-bert-base) | 2 (2.0%) | 1 (1.0%) | 12 (12.0%) | 13 (13.0%) |" in md
+    # The NV run shares the experiment name: each run is told apart by its folder.
+    assert "| PTe (table1-bert-base [bb]) | 2 (2.0%) | 1 (1.0%) | 12 (12.0%) | 13 (13.0%) |" in md
     # Table 5 and Fig. 3 for the Transformer trained with ACBA.
-    assert "| Transformer | +ACBA | 0.731 (0.730) |" in md
+    assert "| Transformer \\| +ACBA | 0.731 (0.730) |" in md
     assert "0.660 [0.640, 0.680]" in md and "0.550 [0.530, 0.570]" in md
     for png in ("fig2_pte.png", "fig3_bat.png"):
         assert (out / png).read_bytes()[:8] == PNG
@@ -129,3 +130,36 @@ def test_report_of_real_synthetic_probe_results(tmp_path):
     # Synthetic probes never leak into the paper's figures.
     assert "Fig. 3" in md and "synthetic-mlp-random)" not in md.split("### Fig. 3")[1].split(
         "### Order probes")[0]
+
+
+def _table_cells(line: str) -> int:
+    """Cells of a GFM table row: "|" separators that are not escaped."""
+    import re
+
+    return len(re.findall(r"(?<!\\)\|", line)) - 1
+
+
+def test_every_table_is_a_table_and_seeds_are_told_apart(results_dir, tmp_path):
+    # Two seeds of one experiment, as the ordering study writes them.
+    seed = dict(text_encoder="roberta-large", head="transformer", data="acba",
+                name="table5-transformer-acba")
+    for folder in ("tr-s0", "tr-s1"):
+        _write(results_dir, f"{folder}_probes", "probes", f"runs/{folder}/workdir", seed,
+               {"sentences": 100, **_ci("bat", 0.6), **_ci("acba_bat", 0.7),
+                **_ci("acba_bat_order_blind", 0.5), **_ci("acba_twin", 0.6)})
+    runs, _ = report.load_runs([str(results_dir)])
+    labels = [r.label for r in runs]
+    assert len(set(labels)) == len(labels)
+    assert "table5-transformer-acba [tr-s0]" in labels and "table5-transformer-acba [tr]" in labels
+    md = report.render(runs, tmp_path / "rep")
+    tables = 0
+    for block in md.split("\n\n"):
+        lines = [line for line in block.splitlines() if line.startswith("|")]
+        if not lines:
+            continue
+        tables += 1
+        # The delimiter row has as many cells as the header, and so does every row: else
+        # GitHub shows the block as text (a "|" inside a label split its cell).
+        assert set(lines[1].replace("|", "")) == {"-"}, lines[1]
+        assert {_table_cells(line) for line in lines} == {_table_cells(lines[1])}, block
+    assert tables >= 5 and "MLP \\| Original" in md

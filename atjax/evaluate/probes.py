@@ -83,21 +83,24 @@ class _Stats:
         self.config = config
         self.out: dict[str, float] = {}
 
-    def add(self, name: str, scores) -> None:
+    def add(self, name: str, scores, groups=None) -> None:
+        """`groups`: one label per item where items come in correlated groups (a pair and
+        its twin); the interval then resamples whole groups."""
         scores = np.asarray(scores, np.float64)
         if scores.size == 0:
             log.warning("probe %s has no items; left out", name)
             self.out[f"{name}_count"] = 0
             return
-        self.out.update(order.summarize(name, scores, resamples=self.config.resamples,
+        self.out.update(order.summarize(name, scores, groups=groups,
+                                        resamples=self.config.resamples,
                                         seed=self.config.seed, level=self.config.level))
 
-    def add_difference(self, name: str, first, second) -> None:
+    def add_difference(self, name: str, first, second, groups=None) -> None:
         if len(first) == 0:
             return
         self.out.update(order.summarize_difference(
-            name, first, second, resamples=self.config.resamples, seed=self.config.seed,
-            level=self.config.level))
+            name, first, second, groups=groups, resamples=self.config.resamples,
+            seed=self.config.seed, level=self.config.level))
 
 
 def _hits(text: np.ndarray, audio: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
@@ -180,6 +183,11 @@ def run_synthetic(embedder, config, heldout=None) -> dict[str, float]:
     twinned = [i for i in pairs if examples[i].twin in ids]
     if len(twinned) < len(pairs):
         log.warning("%d held-out pairs have no twin in the split", len(pairs) - len(twinned))
+    # A pair and its reversed twin hold the same two sounds: one group for the intervals.
+    base = {i: min(i, ids.get(examples[i].twin, i)) for i in pairs}
+
+    def groups(rows):
+        return [base[i] for i in rows]
 
     # One text pass for every sentence the probes need.
     sentences = captions + [clause[i] for i in swappable] + bat_swapped
@@ -192,29 +200,35 @@ def run_synthetic(embedder, config, heldout=None) -> dict[str, float]:
     for kind, name in (("single", "single_r1"), ("pair", "pair_r1"), ("mix", "mix_r1")):
         rows = [int(i) for i in np.flatnonzero(kinds == kind)]
         if rows:
-            stats.add(name, _hits(caption_text[rows], audio, _same(keys, rows), 1))
+            stats.add(name, _hits(caption_text[rows], audio, _same(keys, rows), 1),
+                      groups(rows) if kind == "pair" else None)
     if pairs:
         stats.add("pair_r1_any_order",
-                  _hits(caption_text[pairs], audio, _same(any_order, pairs), 1))
+                  _hits(caption_text[pairs], audio, _same(any_order, pairs), 1), groups(pairs))
     if swappable:
         rel = _same(keys, swappable)
         original = _hits(caption_text[swappable], audio, rel, 1)
         swapped = _hits(swapped_text, audio, rel, 1)
-        stats.add("swap_r1_original", original)
-        stats.add("swap_r1_swapped", swapped)
-        stats.add_difference("swap_r1_delta", original, swapped)
+        stats.add("swap_r1_original", original, groups(swappable))
+        stats.add("swap_r1_swapped", swapped, groups(swappable))
+        stats.add_difference("swap_r1_delta", original, swapped, groups(swappable))
     tol = dict(tie_tolerance=config.tie_tolerance)
     if bat_items:
         twin_of = [ids.get(examples[i].twin) for i in bat_items]
         stats.add("bat", order.bat_scores(audio[bat_items], caption_text[bat_items],
-                                          bat_text, **tol))
+                                          bat_text, **tol), groups(bat_items))
         if all(t is not None for t in twin_of):
             stats.add("bat_order_blind", order.order_blind_bat_scores(
-                audio[bat_items], audio[twin_of], caption_text[bat_items], bat_text, **tol))
+                audio[bat_items], audio[twin_of], caption_text[bat_items], bat_text, **tol),
+                groups(bat_items))
     if twinned:
         twin_rows = [ids[examples[i].twin] for i in twinned]
         stats.add("twin", order.twin_scores(caption_text[twinned], audio[twinned],
-                                            audio[twin_rows], **tol))
+                                            audio[twin_rows], **tol), groups(twinned))
+        # The audio side alone, once per pair: how alike a clip and its twin embed.
+        first = [i for i in twinned if base[i] == i]
+        stats.add("twin_audio_cosine", order.twin_audio_cosines(
+            audio[first], audio[[ids[examples[i].twin] for i in first]]))
     stats.out["clips"] = len(examples)
     return stats.out
 
@@ -298,18 +312,21 @@ def _acba_controls(embedder, config, *, read, data_dir: str, rate: int, stats: _
         captions += [acba.join_captions(cap_a, cap_b, prep),
                      acba.join_captions(cap_b, cap_a, prep)]
     twin_row = np.arange(len(captions)) ^ 1
+    pair_of = np.arange(len(captions)) // 2  # a pair and its twin: one bootstrap group
     bat_rows, bat_swapped = _balanced_bat(captions, config)
     text = embed.embed_texts(embedder, captions + bat_swapped,
                              batch_size=config.text_batch_size, desc="ACBA pairs text")
     caption_text, bat_text = _split_rows(text, [len(captions), len(bat_swapped)])
     tol = dict(tie_tolerance=config.tie_tolerance)
-    stats.add("acba_twin", order.twin_scores(caption_text, audio, audio[twin_row], **tol))
+    stats.add("acba_twin", order.twin_scores(caption_text, audio, audio[twin_row], **tol),
+              pair_of)
+    stats.add("acba_twin_audio_cosine", order.twin_audio_cosines(audio[0::2], audio[1::2]))
     if bat_rows:
         stats.add("acba_bat", order.bat_scores(audio[bat_rows], caption_text[bat_rows],
-                                               bat_text, **tol))
+                                               bat_text, **tol), pair_of[bat_rows])
         stats.add("acba_bat_order_blind", order.order_blind_bat_scores(
             audio[bat_rows], audio[twin_row[bat_rows]], caption_text[bat_rows], bat_text,
-            **tol))
+            **tol), pair_of[bat_rows])
 
 
 def run_paper(embedder, config, *, read, data_dir: str) -> dict[str, float]:
