@@ -45,10 +45,27 @@ def initialize_distributed() -> None:
         if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
             # CPU hosts need a collectives backend for cross-process all-gathers.
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    elif os.environ.get("SLURM_JOB_ID"):
+        kwargs = _slurm_local_devices()
     jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())
+
+
+def _slurm_local_devices() -> dict:
+    """With one SLURM task per node, that task drives all of the node's GPUs.
+
+    JAX's SLURM detection assumes one task per GPU and gives each process the one device
+    numbered by its SLURM_LOCALID: with one task per node every process would train on
+    GPU 0 alone. So when each node runs a single task, name all of its GPUs.
+    """
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "")
+    gpus = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    # SLURM writes e.g. "1" or "1(x4)" (the same count on 4 nodes).
+    if per_node.split("(")[0] != "1" or not gpus.isdigit():
+        return {}
+    return {"local_device_ids": list(range(int(gpus)))}
 
 
 def make_mesh() -> Mesh:
