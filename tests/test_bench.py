@@ -267,14 +267,16 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
 
     root = pathlib.Path(__file__).resolve().parents[1]
     out = tmp_path / "out"
-    env = {**os.environ, "BUDGET_S": "240", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
+    # The budget only has to let every setting start: under load, a 2-core machine spent
+    # 240 s before the second of five (2026-11-27).
+    env = {**os.environ, "BUDGET_S": "1500", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
            "BENCH_ARGS": "--batch_size 8 --steps 2 --repeats 1 --sync_steps 1 --warmup 1",
            "ATTENTION_ARGS": "--interpret --batch_size 2 --heads 2 --calls 1 --repeats 1"}
     result = subprocess.run(
         ["bash", "launch/gpu_bench.sh", str(out), TINY, "mlp:float32",
          "mlp:float32:rng_impl=rbg,model.text.attention_impl=auto", "transformer:float16",
          "mlp:float32@--xla_cpu_enable_fast_math=false", "mlp:float32"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(x) for x in (out / "bench.jsonl").read_text().splitlines()]
     assert [r["dtype"] for r in lines] == ["float32", "float32", "float16", "float32", "float32"]

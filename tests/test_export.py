@@ -49,7 +49,8 @@ def test_bundle_round_trip_gives_the_trainers_embeddings(trained, tmp_path):
         np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     assert model.embed_audio(audio[:1], 32000).shape == (1, model.embed_dim)  # resampled
     with pytest.raises(TypeError, match="got int16"):  # integer PCM is not silently +90 dB
-        model.embed_audio((np.asarray(audio) * 32767).astype(np.int16), model.sample_rate)
+        model.embed_audio([(np.asarray(a) * 32767).astype(np.int16) for a in audio],
+                          model.sample_rate)
     with pytest.raises(FileExistsError):
         export_lib.export(workdir, bundle)
 
