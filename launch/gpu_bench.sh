@@ -20,7 +20,9 @@
 # steps (windows of 20 and 40 now: about 6 s more). At 56115ca: 121 s for the first
 # compile, six others in parallel in 186 s, 30-40 s per timed setting (the profiled one
 # about 60 s): four settings in a 470 s budget, and a machine that went back after its
-# 30 s idle took the second call's start and cache with it.
+# 30 s idle took the second call's start and cache with it. At ec079a2 (2026-11-27): 93 s
+# for the first compile, five others in parallel in 137 s, five settings timed in 480 s;
+# a second call at once (one new compile, three timed) took 223 s.
 # Timing runs start while BUDGET_S seconds (default 480) have not passed, so that the
 # whole call ends inside the device tool's 10-minute limit; skipped ones are listed. Run
 # again at once with the skipped ones, while the machine is warm: their compiled steps are
@@ -38,25 +40,18 @@ config=${2:-configs/paper.py:table1-roberta-large}
 shift $(( $# >= 2 ? 2 : 1 ))
 settings=("$@")
 [ ${#settings[@]} -gt 0 ] || settings=(
-  # The paper config's defaults (taps stem, bfloat16 weight copies; since 56115ca's session
-  # also the cheaper GELU, grad-norm and taps kernels and the dropout keys drawn in one op,
-  # untimed), profiled; then the text attention as one Pallas kernel per direction
-  # (atjax.attention; compiled for an H200: 2,020 kernels instead of 2,355, 78.5 GB of
-  # traffic instead of 83.0, 17 transposing kernels instead of 185), profiled too; then
-  # 16-bit dropout masks (threefry's kernels took 3.0 ms per step with 32-bit masks in the
-  # 56115ca profiles; 16-bit masks hash once per four sites inside the masking kernel, at
-  # every site but the text attention probabilities), both together, the Transformer head
-  # with the kernel against the 15 GiB reference, the GELU kept (the bfloat16 default
-  # undone, never timed), and the defaults again in another process, to show how far one
-  # setting moves between processes. (The defaults before 56115ca's session and its
-  # changes one by one were timed then: README.)
-  mlp:bfloat16                                        # the defaults
-  mlp:bfloat16:model.text.attention_impl=auto
-  mlp:bfloat16:model.dropout_mask_bits=16
-  mlp:bfloat16:model.text.attention_impl=auto,model.dropout_mask_bits=16
-  transformer:bfloat16:model.text.attention_impl=auto # vs 15 GiB
-  mlp:bfloat16:model.text.remat_activation=False      # the bf16 default, undone
-  mlp:bfloat16                                        # the defaults again
+  # The paper config's defaults (taps stem, bfloat16 weight copies, and since ec079a2's
+  # session the text attention as one Pallas kernel per direction and 16-bit dropout
+  # masks), profiled; then the defaults before that session (einsum attention, 32-bit
+  # masks), profiled too; the Transformer head against the 15 GiB reference; the GELU kept
+  # (the bfloat16 default undone, never timed); and the defaults again in another
+  # process, to show how far one setting moves between processes. (Earlier defaults and
+  # each change alone: README.)
+  mlp:bfloat16                                                  # the defaults
+  mlp:bfloat16:model.text.attention_impl=xla,model.dropout_mask_bits=32
+  transformer:bfloat16                                          # vs 15 GiB
+  mlp:bfloat16:model.text.remat_activation=False                # the bf16 default, undone
+  mlp:bfloat16                                                  # the defaults again
 )
 budget=${BUDGET_S:-480}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/atjax-jax-cache}
