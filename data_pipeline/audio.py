@@ -11,9 +11,11 @@ like only when ffmpeg (or GStreamer) is installed. Resampling uses soxr at its "
 setting (the resampler behind librosa's `res_type="soxr_hq"`): linear phase, passband to
 about 0.91 of the lower Nyquist frequency, so aliasing stays far below int16 resolution.
 
-`stream` is `load` in pieces, for files too long to hold decoded (a 20-hour recording is
+`stream` decodes in pieces, for files too long to hold decoded (a 20-hour recording is
 28 GB of float32 at 48 kHz stereo): it reads BLOCK_FRAMES frames at a time and resamples
-with soxr's streaming resampler, which gives the same samples as the one-shot call.
+with soxr's streaming resampler, which gives the same samples as the one-shot call
+(`tests/test_audio_stream.py`). `load` is the concatenation of `stream`'s pieces, so both
+decode through one path.
 """
 
 from __future__ import annotations
@@ -40,18 +42,24 @@ def load(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     FileNotFoundError for a missing file and AudioDecodeError for one that cannot be
     decoded, holds no samples, or holds non-finite samples.
     """
+    blocks = stream(path, sample_rate)
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"audio file not found: {path}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    frames, rate = _decode(path)
-    if frames.shape[0] == 0:
-        raise AudioDecodeError(f"audio file holds no samples: {path}")
-    mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
-    if not np.all(np.isfinite(mono)):
-        raise AudioDecodeError(f"audio file holds NaN or infinite samples: {path}")
-    return resample(mono, rate, sample_rate)
+    try:
+        pieces = list(blocks)
+    except _BackendError as sndfile_error:
+        if sndfile_error.backend_name != "libsndfile":
+            raise
+        # libsndfile opened the file but failed part-way through (a truncated or damaged
+        # frame): audioread may still decode it whole (ffmpeg is more forgiving).
+        try:
+            pieces = list(_stream(path, int(sample_rate), BLOCK_FRAMES, backend="audioread"))
+        except _BackendError as fallback_error:
+            raise AudioDecodeError(
+                f"cannot decode audio file {path}: libsndfile: {sndfile_error.reason}; "
+                f"audioread: {fallback_error.reason}") from sndfile_error
+    if not pieces:  # a file of a few samples can resample to none
+        return np.zeros(0, np.float32)
+    return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -71,7 +79,7 @@ def stream(path: str | os.PathLike, sample_rate: int,
     the first block is asked for. AudioDecodeError as in `load`, raised when the problem is
     reached: an error past the start of the file comes after the blocks before it (the
     caller must then drop what it made of them). Unlike `load`, a file that libsndfile opens
-    but cannot read to the end is not retried with audioread.
+    but cannot read to the end is not retried with audioread (its blocks are already out).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -83,10 +91,11 @@ def stream(path: str | os.PathLike, sample_rate: int,
     return _stream(path, int(sample_rate), int(block_frames))
 
 
-def _stream(path: str, sample_rate: int, block_frames: int) -> Iterator[np.ndarray]:
+def _stream(path: str, sample_rate: int, block_frames: int,
+            backend: str = "soundfile") -> Iterator[np.ndarray]:
     resampler = None
     decoded = 0
-    with _open_blocks(path, block_frames) as (rate, blocks):
+    with _open_blocks(path, block_frames, backend) as (rate, blocks):
         for frames in blocks:
             decoded += frames.shape[0]
             mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
@@ -109,16 +118,32 @@ def _stream(path: str, sample_rate: int, block_frames: int) -> Iterator[np.ndarr
             yield tail
 
 
+class _BackendError(AudioDecodeError):
+    """One decoder's failure on `path`; `reason` says why, without the path."""
+
+    def __init__(self, path: str, backend: str, error: Exception | str):
+        self.backend_name = backend
+        self.reason = error if isinstance(error, str) else _describe(error)
+        super().__init__(f"cannot decode audio file {path}: {backend}: {self.reason}")
+
+
 class _open_blocks:
     """`with _open_blocks(path, n) as (rate, blocks)`: [frames, channels] float32 blocks
-    from libsndfile, else audioread; every decoder failure is an AudioDecodeError."""
+    from libsndfile, else audioread (or audioread alone: backend="audioread"); every
+    decoder failure is an AudioDecodeError."""
 
-    def __init__(self, path: str, block_frames: int):
+    def __init__(self, path: str, block_frames: int, backend: str = "soundfile"):
         self.path = path
         self.block_frames = block_frames
+        self.backend = backend
         self._close = lambda: None
 
     def __enter__(self) -> tuple[int, Iterator[np.ndarray]]:
+        if self.backend == "audioread":
+            try:
+                return self._enter_audioread()
+            except Exception as e:  # any backend failure means "undecodable"
+                raise _BackendError(self.path, "audioread", e) from e
         try:
             f = soundfile.SoundFile(self.path)
         except (RuntimeError, TypeError, ValueError) as sndfile_error:
@@ -140,8 +165,7 @@ class _open_blocks:
             try:
                 frames = f.read(self.block_frames, dtype="float32", always_2d=True)
             except (RuntimeError, TypeError, ValueError) as e:
-                raise AudioDecodeError(f"cannot decode audio file {self.path}: libsndfile: "
-                                       f"{_describe(e)}") from e
+                raise _BackendError(self.path, "libsndfile", e) from e
             if frames.shape[0] == 0:
                 return
             yield frames
@@ -171,11 +195,8 @@ class _open_blocks:
                 if whole:
                     samples = np.frombuffer(data[:whole], dtype="<i2").astype(np.float32)
                     yield samples.reshape(-1, channels) / np.float32(32768.0)
-        except AudioDecodeError:
-            raise
         except Exception as e:  # as in `load`: any backend failure means "undecodable"
-            raise AudioDecodeError(f"cannot decode audio file {self.path}: audioread: "
-                                   f"{_describe(e)}") from e
+            raise _BackendError(self.path, "audioread", e) from e
 
 
 def to_pcm16(audio: np.ndarray) -> np.ndarray:
@@ -186,36 +207,6 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(audio, np.float32) * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def _decode(path: str) -> tuple[np.ndarray, int]:
-    """Returns ([frames, channels] float32, native sample rate)."""
-    try:
-        frames, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        return frames, int(rate)
-    except (RuntimeError, TypeError, ValueError) as sndfile_error:
-        # soundfile raises LibsndfileError (a RuntimeError) for unknown or corrupt files.
-        try:
-            return _decode_with_audioread(path)
-        except Exception as fallback_error:  # any backend failure means "undecodable"
-            raise AudioDecodeError(
-                f"cannot decode audio file {path}: libsndfile: {_describe(sndfile_error)}; "
-                f"audioread: {_describe(fallback_error)}"
-            ) from sndfile_error
-
-
 def _describe(error: Exception) -> str:
     # Some backends raise errors without a message (audioread's NoBackendError).
     return str(error) or type(error).__name__
-
-
-def _decode_with_audioread(path: str) -> tuple[np.ndarray, int]:
-    try:
-        import audioread
-    except ImportError as e:
-        raise AudioDecodeError("audioread is not installed (pip install audioread)") from e
-    with audioread.audio_open(path) as f:
-        channels, rate = f.channels, f.samplerate
-        pcm = b"".join(f)  # audioread yields 16-bit little-endian interleaved PCM.
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-    if channels < 1:
-        raise AudioDecodeError(f"{channels} channels reported")
-    return samples[: samples.size - samples.size % channels].reshape(-1, channels), int(rate)

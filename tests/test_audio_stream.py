@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from data_pipeline import audio
 
@@ -28,8 +29,13 @@ def test_stream_concatenates_to_load(tmp_path, rate, channels, subtype, ext, blo
              subtype=subtype)
     blocks = list(audio.stream(path, 16000, block_frames=block_frames))
     assert all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
-    # soxr's streaming resampler gives the one-shot call's samples exactly.
-    np.testing.assert_array_equal(np.concatenate(blocks), audio.load(path, 16000))
+    # The whole file decoded at once, downmixed and resampled by soxr's one-shot call:
+    # the streaming resampler gives its samples exactly.
+    frames, native = sf.read(path, dtype="float32", always_2d=True)
+    mono = frames.mean(axis=1, dtype=np.float32) if channels > 1 else frames[:, 0]
+    want = soxr.resample(mono, native, 16000, quality="HQ") if native != 16000 else mono
+    np.testing.assert_array_equal(np.concatenate(blocks), want)
+    np.testing.assert_array_equal(audio.load(path, 16000), want)
     if block_frames == 777:
         assert len(blocks) > 5
 
@@ -92,3 +98,40 @@ def test_stream_errors(tmp_path):
         list(pieces)
     with pytest.raises(ValueError, match="sample_rate"):
         audio.stream(tmp_path / "nan.wav", 0)
+
+
+def test_load_retries_audioread_when_libsndfile_fails_part_way(tmp_path, monkeypatch):
+    audioread = pytest.importorskip("audioread")
+    path = tmp_path / "x.wav"
+    signal = _signal(3.0, 22050, 2)
+    sf.write(path, signal, 22050, subtype="PCM_16")
+    real_read = sf.SoundFile.read
+    reads = []
+
+    def failing_read(self, frames=-1, **kwargs):  # a damaged frame past the first block
+        reads.append(frames)
+        if len(reads) > 1:
+            raise RuntimeError("Internal psf_fseek() failed.")
+        return real_read(self, frames, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", failing_read)
+    pcm = (signal * 32768).astype("<i2").tobytes()
+    monkeypatch.setattr(audioread, "audio_open",
+                        lambda p: _FakeAudioread(pcm, 2, 22050, cuts=[7, 1001]))
+    # `stream` has already handed out the first block, so it reports the failure...
+    with pytest.raises(audio.AudioDecodeError, match="libsndfile: Internal psf_fseek"):
+        list(audio.stream(path, 16000, block_frames=4096))
+    # ...while `load` decodes the file again, whole, with audioread.
+    mono = (np.frombuffer(pcm, "<i2").astype(np.float32) / 32768).reshape(-1, 2).mean(
+        axis=1, dtype=np.float32)
+    np.testing.assert_array_equal(audio.load(path, 16000),
+                                  soxr.resample(mono, 22050, 16000, quality="HQ"))
+
+    def broken_open(p):
+        raise EOFError()
+
+    monkeypatch.setattr(audioread, "audio_open", broken_open)
+    with pytest.raises(audio.AudioDecodeError) as error:
+        audio.load(path, 16000)
+    assert str(error.value) == (f"cannot decode audio file {path}: libsndfile: Internal "
+                                "psf_fseek() failed.; audioread: EOFError")

@@ -436,6 +436,19 @@ def test_cli_probes_on_the_builtin_corpus(tmp_path, monkeypatch, capsys):
     assert "twin" in printed and "results.json" in printed
 
 
+def test_experiment_of_names_an_untrained_model_untrained():
+    from atjax.evaluate import results as results_lib
+
+    config = _synthetic_config()
+    config.total_steps = 200
+    assert results_lib.experiment_of(config)["batches"] == "order_hard"
+    # The ordering study's floor: the same config, evaluated as initialised.
+    config.total_steps = 0
+    assert results_lib.experiment_of(config) == {
+        "name": "synthetic-transformer-order_hard", "text_encoder": "auto",
+        "head": "transformer", "data": "synthetic", "batches": "untrained"}
+
+
 def test_cli_errors(monkeypatch, capsys):
     monkeypatch.setattr(atjax, "load", lambda path: pytest.fail("must not load"))
     with pytest.raises(SystemExit):

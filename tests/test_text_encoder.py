@@ -190,6 +190,32 @@ def test_bfloat16_compute_keeps_float32_params(reference):
     expected = _torch_hidden(model, batch)
     error = np.abs(np.asarray(out, np.float32) - expected).max() / np.abs(expected).max()
     assert error < 0.05
+    # The bound above is loose (measured 0.009) and would pass a 16-bit softmax or 16-bit
+    # LayerNorm sums, so check the program directly: every reduction (LayerNorm's mean and
+    # variance, the softmax's max and sum) reads float32. (atjax.layer_norm's own float32
+    # arithmetic is checked in tests/test_layer_norm.py.)
+    graph, state = nnx.split(encoder)
+    jaxpr = jax.make_jaxpr(lambda st, ids, mask: nnx.merge(graph, st)(ids, mask))(
+        state, batch["input_ids"], batch["attention_mask"])
+    reductions = _reductions(jaxpr.jaxpr)
+    assert {dtype for _, dtype in reductions} == {"float32"}, reductions
+    layers = encoder.config.num_layers
+    # Two statistics per LayerNorm (embeddings + two per layer), one sum per softmax.
+    assert sum(name == "reduce_sum" for name, _ in reductions) >= 2 * (2 * layers + 1) + layers
+
+
+def _reductions(jaxpr) -> list[tuple[str, str]]:
+    """(primitive, operand dtype) of every reduction in `jaxpr` and the programs inside it."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name.startswith("reduce_"):
+            found.append((eqn.primitive.name, str(eqn.invars[0].aval.dtype)))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found.extend(_reductions(inner))
+    return found
 
 
 def test_dropout_only_in_train_mode(reference):

@@ -10,7 +10,8 @@ config:
   data          "original", "nv" (config.data.text_transform == "nv"), "acba"
                 (config.data.acba_fraction > 0) or "nv+acba"; "synthetic" when the
                 sources are the built-in corpus
-  batches       config.data.batches ("random" | "order_hard")
+  batches       config.data.batches ("random" | "order_hard"); "untrained" when
+                config.total_steps is 0 (a model evaluated as initialised)
 Each can be overridden with the task setting `experiment.<field>` (e.g. for a model whose
 config lacks it). `atjax.report` groups results files by these fields.
 """
@@ -47,6 +48,9 @@ def experiment_of(config, overrides: Mapping[str, str] | None = None) -> dict[st
         out["text_encoder"] = str(config_value(config, "model.text.encoder", "") or "")
         out["head"] = str(config_value(config, "model.head", "") or "")
         out["batches"] = str(config_value(config, "data.batches", "") or "")
+        if config_value(config, "total_steps") == 0:
+            # Evaluated as initialised: it never saw a batch, whatever regime it names.
+            out["batches"] = "untrained"
         sources = str(config_value(config, "data.sources", "") or "")
         if "synthetic_events" in sources:
             out["data"] = "synthetic"
