@@ -347,6 +347,12 @@ class Trainer:
             clock.update(time=now, step=done)
             if bar is not None:
                 bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{rate:.1f}")
+            elif self.is_main:
+                # Without the bar (--no_progress: batch jobs, the cluster launchers) the
+                # log still shows how far training is and how fast it goes.
+                logging.info("step %d/%d: loss %.4f, %.1f examples/s, learning rate %.3g",
+                             done, c.total_steps, values["loss"], rate,
+                             values["learning_rate"])
 
         # The collector's full runs would stall the host between steps (atjax.host_gc):
         # what exists now (libraries, model, state) is exempted, again after the first

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -70,6 +71,9 @@ def reference_run(tmp_path_factory):
     logged = [json.loads(l) for l in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
     logged = [rec for rec in logged if "loss" in rec]
     assert len(logged) == 3
+    # Without a progress bar each logged step is a line of the log, with its rate.
+    lines = re.findall(r"step (\d)/3: loss [\d.]+, [\d.]+ examples/s", r.stderr)
+    assert lines == ["1", "2", "3"], r.stderr[-2000:]
     for rec in logged:
         assert {"gc_collections", "gc_full", "gc_ms"} <= rec.keys(), rec
         assert rec["gc_ms"] >= 0 and rec["gc_full"] <= rec["gc_collections"]
