@@ -54,9 +54,8 @@ def load(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
         try:
             pieces = list(_stream(path, int(sample_rate), BLOCK_FRAMES, backend="audioread"))
         except _BackendError as fallback_error:
-            raise AudioDecodeError(
-                f"cannot decode audio file {path}: libsndfile: {sndfile_error.reason}; "
-                f"audioread: {fallback_error.reason}") from sndfile_error
+            raise _both_failed(path, sndfile_error.reason, fallback_error.reason) \
+                from sndfile_error
     if not pieces:  # a file of a few samples can resample to none
         return np.zeros(0, np.float32)
     return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
@@ -92,7 +91,7 @@ def stream(path: str | os.PathLike, sample_rate: int,
 
 
 def _stream(path: str, sample_rate: int, block_frames: int,
-            backend: str = "soundfile") -> Iterator[np.ndarray]:
+            backend: str = "libsndfile") -> Iterator[np.ndarray]:
     resampler = None
     decoded = 0
     with _open_blocks(path, block_frames, backend) as (rate, blocks):
@@ -127,12 +126,17 @@ class _BackendError(AudioDecodeError):
         super().__init__(f"cannot decode audio file {path}: {backend}: {self.reason}")
 
 
+def _both_failed(path: str, sndfile_reason: str, audioread_reason: str) -> AudioDecodeError:
+    return AudioDecodeError(f"cannot decode audio file {path}: libsndfile: {sndfile_reason}; "
+                            f"audioread: {audioread_reason}")
+
+
 class _open_blocks:
     """`with _open_blocks(path, n) as (rate, blocks)`: [frames, channels] float32 blocks
     from libsndfile, else audioread (or audioread alone: backend="audioread"); every
     decoder failure is an AudioDecodeError."""
 
-    def __init__(self, path: str, block_frames: int, backend: str = "soundfile"):
+    def __init__(self, path: str, block_frames: int, backend: str = "libsndfile"):
         self.path = path
         self.block_frames = block_frames
         self.backend = backend
@@ -150,10 +154,8 @@ class _open_blocks:
             try:
                 return self._enter_audioread()
             except Exception as fallback_error:  # any backend failure means "undecodable"
-                raise AudioDecodeError(
-                    f"cannot decode audio file {self.path}: libsndfile: "
-                    f"{_describe(sndfile_error)}; audioread: {_describe(fallback_error)}"
-                ) from sndfile_error
+                raise _both_failed(self.path, _describe(sndfile_error),
+                                   _describe(fallback_error)) from sndfile_error
         self._close = f.close
         return int(f.samplerate), self._soundfile_blocks(f)
 
