@@ -25,11 +25,12 @@ import time
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
 METRICS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "twin", "bat",
-           "bat_order_blind", "twin_audio_cosine")
+           "bat_order_blind", "twin_audio_cosine", "unrelated_audio_cosine")
 HEADLINE = {"single_r1": "single R@1", "pair_r1": "pair R@1",
             "swap_r1_original": "PTe-style R@1 orig", "swap_r1_swapped": "R@1 swapped",
             "twin": "twin test", "bat": "BAT", "bat_order_blind": "BAT order-blind",
-            "twin_audio_cosine": "audio cos(pair, twin)"}
+            "twin_audio_cosine": "audio cos(pair, twin)",
+            "unrelated_audio_cosine": "audio cos(pair, unrelated pair)"}
 
 
 def _config(head: str, batches: str, seed: int, args):
@@ -208,7 +209,9 @@ def main(argv=None) -> int:
         "Chance is 0.5 for the twin test and BAT; the order-blind BAT is what the text side "
         "alone achieves. The twin test is 0.5 when either side is order-blind; the audio "
         "side alone shows in audio cos(pair, twin), the cosine of a pair clip's embedding "
-        "with its reversed twin's (1 for order-blind audio). Per-run bootstrap intervals "
+        "with its reversed twin's (1 for order-blind audio), to be read against audio "
+        "cos(pair, unrelated pair), the cosine with a pair clip that holds neither of its "
+        "sounds. Per-run bootstrap intervals "
         "(pairs resampled with their twins) are in each results.json and in "
         "report/report.md.\n")
     _plot(summary, out / "ordering.png")

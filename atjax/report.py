@@ -64,7 +64,7 @@ HEADS = {"mlp": "MLP", "transformer": "Transformer"}
 DATA = {"original": "Original", "nv": "NV", "acba": "+ACBA", "nv+acba": "NV +ACBA",
         "synthetic": "synthetic"}
 SYNTHETIC_COLUMNS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "bat",
-                     "bat_order_blind", "twin", "twin_audio_cosine")
+                     "bat_order_blind", "twin", "twin_audio_cosine", "unrelated_audio_cosine")
 
 
 # Folder names that say where a run keeps its model, not which run it is.
@@ -376,7 +376,8 @@ def synthetic_table(runs: list[Run], out_dir: pathlib.Path | None) -> str:
             "when it holds the same events, in the same order for pairs), BAT with its "
             "order-blind control, the twin test (0.5 when either side is order-blind) and "
             "the cosine of a pair clip's audio embedding with its reversed twin's (1 for an "
-            "order-blind audio encoder); 95% bootstrap intervals, pairs resampled with their "
+            "order-blind audio encoder), beside its scale, the cosine with a pair clip that "
+            "holds neither of its sounds; 95% bootstrap intervals, pairs resampled with their "
             "twins.\n\n"
             + _table(["Model"] + list(SYNTHETIC_COLUMNS), rows))
     if out_dir is not None:

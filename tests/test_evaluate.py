@@ -401,6 +401,16 @@ def test_probes_synthetic_order_blind_is_exactly_half():
                               heldout=_toy_heldout)
     assert out["twin"] == 0.5 and out["twin_ci_low"] == out["twin_ci_high"] == 0.5
     assert out["twin_audio_cosine"] == pytest.approx(1.0)  # the audio side, measured alone
+    # Its scale: each of the six pairs of four sounds against the one pair that holds the
+    # other two sounds, computed here from the embedder directly.
+    examples = _toy_heldout({"sample_rate": RATE})
+    clips = {frozenset(n for n, *_ in e.events): model.embed_audio(e.audio[None], RATE)[0]
+             for e in examples if e.kind == "pair"}
+    names = set(NAMES[:4])
+    want = np.mean([float(v @ clips[frozenset(names - k)]) for k, v in clips.items()])
+    assert out["unrelated_audio_cosine_count"] == 6
+    assert out["unrelated_audio_cosine"] == pytest.approx(want, abs=1e-6)
+    assert out["unrelated_audio_cosine"] < 0.5
     assert out["bat_order_blind"] == out["bat"]
     # A pair ties with its twin, and ties count against the query: no pair is found in its
     # order. In any order, all are but the two whose events also form the mix clip.

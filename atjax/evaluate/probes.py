@@ -229,8 +229,26 @@ def run_synthetic(embedder, config, heldout=None) -> dict[str, float]:
         first = [i for i in twinned if base[i] == i]
         stats.add("twin_audio_cosine", order.twin_audio_cosines(
             audio[first], audio[[ids[examples[i].twin] for i in first]]))
+        # Its scale: the same cosine with a pair clip that holds neither of the two sounds.
+        unrelated = _unrelated_pairs(first, [set(keys[i][1]) for i in first])
+        if unrelated:
+            stats.add("unrelated_audio_cosine", order.cosine_rows(
+                audio[[i for i, _ in unrelated]], audio[[j for _, j in unrelated]]))
     stats.out["clips"] = len(examples)
     return stats.out
+
+
+def _unrelated_pairs(rows: list[int], events: list[set]) -> list[tuple[int, int]]:
+    """(row, partner) for each row that has one: the next row, cyclically, whose events are
+    disjoint from its own (deterministic, so reruns compare)."""
+    out = []
+    for k, row in enumerate(rows):
+        for step in range(1, len(rows)):
+            other = (k + step) % len(rows)
+            if not events[k] & events[other]:
+                out.append((row, rows[other]))
+                break
+    return out
 
 
 # ------------------------------------------------------------------------------------------
