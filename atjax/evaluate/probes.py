@@ -23,7 +23,9 @@ Two corpora (setting `corpus`; "auto" picks by the model's training config):
   counts as a correct retrieval when it holds the same events as the query's clip (same
   classes, in the same order for pairs), since the held-out split repeats contents.
   Keys single_r1, pair_r1, mix_r1, swap_r1_original, swap_r1_swapped, swap_r1_delta, bat,
-  bat_order_blind, twin.
+  bat_order_blind, twin, twin_audio_cosine (a pair clip's audio with its reversed twin's)
+  and unrelated_audio_cosine (with a pair clip that holds neither of its sounds: the
+  former's scale).
 
 Every probe figure comes with `_ci_low`/`_ci_high` (percentile bootstrap over its items,
 seeded, `resamples` draws) and `_count`. Probe math lives in atjax.probes.order.
