@@ -23,7 +23,10 @@ def test_frozen_objects_are_skipped_and_later_ones_collected():
     before = _Node()
     before_ref = weakref.ref(before)
     frozen = host_gc.freeze()
-    assert frozen == gc.get_freeze_count() > 0
+    # Not equality: a frozen object whose last reference goes (in this thread or in a
+    # library's background thread) leaves the permanent generation at once, and nothing
+    # but another freeze adds to it.
+    assert 0 < gc.get_freeze_count() <= frozen
     del before  # garbage now, but frozen: a full collection does not look at it
     gc.collect()
     assert before_ref() is not None
