@@ -125,6 +125,10 @@ def _tiny_setup(head: str, overrides=()):
     batch = {"audio": jnp.asarray(rng.normal(size=(4, samples)) * 0.1, jnp.float32),
              "input_ids": jnp.asarray(rng.integers(5, 100, (4, 12)), jnp.int32),
              "attention_mask": jnp.ones((4, 12), jnp.int32)}
+    # Placed on the mesh as the trainer places them: the step's inputs then have the types
+    # of its outputs, and the second step reuses the first one's compilation.
+    batch = jax.device_put(batch, sharding.batch_sharded(mesh))
+    rest = sharding.replicate(rest, mesh)
     return config, tx, params, batch_stats, rest, step, batch, jax
 
 
@@ -139,14 +143,20 @@ def test_weight_copies_leave_the_training_step_unchanged(head):
         head, ["--config.compute_weight_copies=True"])
     dtype = step_lib.copies_dtype(config)
     assert dtype == jnp.bfloat16
-    key = step_lib.base_key(config)
+    from atjax import sharding
+
+    mesh = sharding.make_mesh()
+    key = sharding.replicate(step_lib.base_key(config), mesh)
     states = {}
     for name, copies in (("cast", None), ("copies", dtype)):
-        fresh = jax.tree.map(jnp.copy, (params, batch_stats))  # the step donates its state
-        state = step_lib.init_state(*fresh, tx, copies)
+        # Replicated as the trainer does it (the step donates its state, so a fresh one).
+        state = sharding.replicate(step_lib.init_state(params, batch_stats, tx, copies), mesh)
         for _ in range(2):
             state, metrics = step(state, batch, rest, key)
         states[name] = (state, metrics)
+    # One compilation per state layout: a second would mean the step's outputs are typed
+    # unlike its inputs, and every run would compile its step twice.
+    assert step._cache_size() == 2
     (plain, m_plain), (copied, m_copied) = states["cast"], states["copies"]
     assert plain.weight_copies is None
     assert float(m_plain["loss"]) == float(m_copied["loss"])

@@ -17,16 +17,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "train_worker.py"
 
 
-# Every worker compiles the same few programs: share them through JAX's persistent cache
-# so the suite pays each compilation once.
-_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"atjax-test-jax-cache-{os.getuid()}")
-
-
 def _env(devices: int, **extra) -> dict:
+    # Every worker compiles the same few programs: they share JAX's persistent cache,
+    # which tests/conftest.py names in the environment they inherit.
     env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    assert "JAX_COMPILATION_CACHE_DIR" in env
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env.pop("JAX_COORDINATOR_ADDRESS", None)
