@@ -19,6 +19,7 @@ from atjax.bench import train_step as bench
 TINY = "configs/synthetic.py:size=tiny"
 
 
+@pytest.mark.slow
 def test_train_step_bench_reports_consistent_figures(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     assert bench.main(["--config", TINY, "--config.rng_impl=rbg", "--heads", "mlp",
@@ -191,6 +192,7 @@ def test_threefry_rounds_count_as_rng_under_their_callers_name():
     assert profile_lib.category(hlo, inst["xor.3"]) == "elementwise"
 
 
+@pytest.mark.slow
 def test_profile_attributes_the_step(tmp_path, capsys):
     out = tmp_path / "profile"
     assert profile_lib.main(["--config", TINY, "--head", "transformer", "--dtype", "float32",
@@ -256,6 +258,7 @@ def test_profile_attributes_the_step(tmp_path, capsys):
     assert sorted(p.name for p in elsewhere.iterdir()) == ["profile.json", "profile.txt"]
 
 
+@pytest.mark.slow
 def test_gpu_session_script_runs_end_to_end(tmp_path):
     # The prepared device-session script, on CPU at a tiny size: a profiled setting, a second
     # (the baseline) profiled too with its summary kept, a failing one that must not stop
@@ -583,6 +586,7 @@ def test_kernels_of_one_library_call_are_one_run(monkeypatch):
     assert (ops["kernel:loop_add_fusion_3"].calls, ops["kernel:loop_add_fusion_3"].runs) == (2, 2)
 
 
+@pytest.mark.slow
 def test_a_failing_profile_keeps_the_timings(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("no device plane")

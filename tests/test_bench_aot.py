@@ -93,6 +93,7 @@ def test_target_descriptions(name, bandwidth):
         aot.target_config("a100")
 
 
+@pytest.mark.slow
 def test_command_compiles_the_step_for_the_attached_devices(tmp_path, capsys):
     out = tmp_path / "aot.jsonl"
     assert aot.main(["--target", "local", "--config", TINY, "--heads", "mlp,transformer",

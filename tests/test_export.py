@@ -100,6 +100,7 @@ def test_load_rejects_what_is_not_a_model(tmp_path):
         atjax.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_export_cli_and_search_clis_with_the_exported_model(trained, tmp_path):
     workdir, *_ = trained
     bundle = tmp_path / "bundle"

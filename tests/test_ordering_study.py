@@ -7,6 +7,7 @@ import pytest
 from atjax import ordering_study
 
 
+@pytest.mark.slow
 def test_study_runs_reports_and_refuses_stale_results(tmp_path, capsys):
     out = tmp_path / "study"
     args = ["--out", str(out), "--size", "tiny", "--heads", "mlp", "--batches", "random",

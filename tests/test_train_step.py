@@ -135,6 +135,7 @@ def _tiny_setup(head: str, overrides=()):
 import pytest  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["mlp", "transformer"])
 def test_weight_copies_leave_the_training_step_unchanged(head):
     # The forward pass reading bfloat16 copies of the kernels must compute what casting the

@@ -75,6 +75,7 @@ def reference_run(tmp_path_factory):
     return workdir / "run", _params(out)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(reference_run, tmp_path):
     ref_dir, ref_params = reference_run
     out = tmp_path / "params.npz"
@@ -103,6 +104,7 @@ def _two_processes(workdir, steps, *extra) -> list[str]:
     return [err for _, err in outputs]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model_and_resume(reference_run, tmp_path):
     # Two steps, then a second start that resumes from the step-2 checkpoint: each process
     # gets its own input position back (ArrayInput's, like the pipeline's, belongs to one
@@ -115,6 +117,7 @@ def test_two_processes_train_one_model_and_resume(reference_run, tmp_path):
     _assert_params_close(_params(tmp_path / "params.npz"), ref_params)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(reference_run, tmp_path):
     _, ref_params = reference_run
     workdir = tmp_path / "run"
@@ -138,6 +141,7 @@ def test_killed_run_resumes_to_the_same_parameters(reference_run, tmp_path):
     _assert_params_close(_params(out), ref_params, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes(reference_run, tmp_path):
     _, ref_params = reference_run
     workdir = tmp_path / "run"
@@ -160,6 +164,7 @@ def test_sigterm_saves_and_resumes(reference_run, tmp_path):
     _assert_params_close(_params(tmp_path / "params.npz"), ref_params, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_weight_copies_resume_to_the_run_without_them(tmp_path):
     # bfloat16 compute. A run that keeps bfloat16 weight copies, stopped after its step-2
     # checkpoint and resumed, must end exactly where a run without copies ends: the copies

@@ -51,6 +51,7 @@ def _logged_steps(workdir) -> list[int]:
     return [r["step"] for r in records if "loss" in r]
 
 
+@pytest.mark.slow
 def test_early_stopping_survives_a_crash_and_a_rerun(tmp_path):
     workdir = tmp_path / "run"
     # Uninterrupted, the metric peaks at step 2 and the run stops at step 4 (two worse
