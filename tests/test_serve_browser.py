@@ -1,11 +1,14 @@
 """The search page in a real browser: headless Chromium driven through chromedriver.
 
-Skips (with the reason) where Chromium, chromedriver or selenium is missing; CI installs
-them: apt-get install -y chromium chromium-driver && pip install selenium.
+Skips (with the reason) where Chromium, chromedriver or selenium is missing, unless
+ATJAX_REQUIRE_BROWSER=1 (set by .ci/run): then a missing browser is an error, so CI cannot
+pass without this test. Install: apt-get install -y chromium chromium-driver && pip install
+selenium.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -14,16 +17,21 @@ from conftest_search import search_kit, search_server  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="headless browser test needs Chromium and chromedriver "
-           "(apt-get install -y chromium chromium-driver)")
+_MISSING = ("headless browser test needs Chromium and chromedriver "
+            "(apt-get install -y chromium chromium-driver)")
+REQUIRED = os.environ.get("ATJAX_REQUIRE_BROWSER") == "1"
+if REQUIRED and (CHROMIUM is None or CHROMEDRIVER is None):
+    raise RuntimeError(f"ATJAX_REQUIRE_BROWSER=1 but {_MISSING}")
+pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason=_MISSING)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    webdriver = pytest.importorskip("selenium.webdriver",
-                                    reason="browser test needs selenium (pip install selenium)")
+    if REQUIRED:
+        from selenium import webdriver
+    else:
+        webdriver = pytest.importorskip(
+            "selenium.webdriver", reason="browser test needs selenium (pip install selenium)")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
