@@ -1,17 +1,24 @@
 """`python -m atjax.index AUDIO_DIR --model BUNDLE --out INDEX`: embed a folder of audio.
 
-Every audio file under AUDIO_DIR (recursively; hidden files and folders and symlinked
-folders are skipped) is cut into overlapping windows (default: the model's clip
-length, else 10 s, with a hop of half a window; a file shorter than a window is one window
-padded with silence) and each window is embedded, so that a search hit can point at the
-moment a sound happens. Running the command again on an existing INDEX only embeds new or
-changed files (size + mtime first, then the content hash), follows renamed files without
-re-embedding them, and drops deleted ones. A file that cannot be decoded is listed and
-skipped, and tried again on the next run. Files are decoded in blocks and cut into windows
-as they decode, so memory does not grow with a file's duration (only its embeddings do:
-dim x 4 bytes a window). Work is committed every --commit-every files; a killed run loses
-at most the batch in flight and the next run continues from there. Decoding needs the
-`data` extra (pip install "atjax[data]").
+Every audio file under AUDIO_DIR (recursively; which files: see below) is cut into
+overlapping windows (default: the model's clip length, else 10 s, with a hop of half a
+window; a file shorter than a window is one window padded with silence) and each window is
+embedded, so that a search hit can point at the moment a sound happens. Running the
+command again on an existing INDEX only embeds new or changed files (size + mtime first,
+then the content hash), follows renamed files without re-embedding them, and drops deleted
+ones. A file that cannot be decoded is listed and skipped, and tried again on the next
+run. Files are decoded in blocks and cut into windows as they decode, so memory does not
+grow with a file's duration (only its embeddings do: dim x 4 bytes a window). Work is
+committed every --commit-every files; a killed run loses at most the batch in flight and
+the next run continues from there. Decoding needs the `data` extra (pip install
+"atjax[data]").
+
+Which files: those with an audio extension (AUDIO_EXTENSIONS, any case). Hidden files and
+folders (names starting with '.') are skipped, and symbolic links to folders are not
+entered, so a walk never loops and never leaves AUDIO_DIR through a folder link. A
+symbolic link to a file is indexed when its real path lies inside AUDIO_DIR; one that
+leads outside it, a dangling one, and a name that is not valid UTF-8 (an index stores
+text paths) are listed as skipped and left out of the index.
 """
 
 from __future__ import annotations
@@ -176,15 +183,25 @@ def sha256_file(path: str | os.PathLike) -> str:
 def scan_folder(root: pathlib.Path, skip: pathlib.Path | None = None,
                 ) -> tuple[dict[str, tuple[pathlib.Path, store.FileStat]],
                            list[tuple[str, str]]]:
-    """Audio files under `root` by '/'-separated relative path, plus names we cannot store.
+    """Audio files under `root` by '/'-separated relative path, plus (path, reason) for
+    those skipped (see the module doc for which files are taken).
 
     The folder `skip` (the index itself, when it lies inside the collection) is not entered.
     """
     found, unusable = {}, []
     skip = os.path.realpath(skip) if skip is not None else None
+    real_root = pathlib.PurePath(os.path.realpath(root))
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and os.path.realpath(os.path.join(dirpath, d)) != skip)
+        kept = []
+        for d in sorted(dirnames):
+            if d.startswith(".") or os.path.realpath(os.path.join(dirpath, d)) == skip:
+                continue
+            if os.path.islink(os.path.join(dirpath, d)):
+                log.info("not entering %s: a symbolic link to a folder",
+                         ascii(pathlib.Path(dirpath, d).relative_to(root).as_posix()))
+                continue
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
                 continue
@@ -194,6 +211,11 @@ def scan_folder(root: pathlib.Path, skip: pathlib.Path | None = None,
                 rel.encode("utf-8")
             except UnicodeEncodeError:
                 unusable.append((ascii(rel), "file name is not valid UTF-8"))
+                continue
+            if path.is_symlink() and not pathlib.PurePath(
+                    os.path.realpath(path)).is_relative_to(real_root):
+                log.warning("skipped %s: a symbolic link to a file outside %s", rel, root)
+                unusable.append((rel, "a symbolic link to a file outside the audio folder"))
                 continue
             try:
                 st = path.stat()
@@ -617,7 +639,7 @@ def main(argv=None) -> int:
 def _print_report(out: str, report: IndexReport) -> None:
     print(f"{out}: {report.summary()}")
     if report.failed:
-        print(f"skipped {len(report.failed)} files that could not be decoded:")
+        print(f"skipped {len(report.failed)} files that could not be indexed:")
         for rel, error in report.failed:
             print(f"  {rel}: {error}")
     if report.still_failing:

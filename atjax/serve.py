@@ -8,11 +8,15 @@ Routes (GET and HEAD only):
 
 Only files the index holds are served, by their integer id: no part of a request is ever
 joined to a filesystem path, so crafted paths ('../', %2e%2e%2f, backslashes, absolute
-paths) cannot name anything and get 404. Query length and result count are bounded;
-malformed requests get a 4xx with a short JSON reason, never a traceback. Bound to
-127.0.0.1 unless --host says otherwise; while bound to loopback, requests whose Host
-header names another machine are refused (a DNS-rebinding page cannot read the index).
-Standard library only.
+paths) cannot name anything and get 404. At each request the file's real path (symbolic
+links resolved) must lie inside the indexed folder (else 403), and its size and
+modification time must be those recorded when it was indexed (else 409: a file replaced
+or a link re-pointed since then is never read). Query length and result count are bounded;
+malformed requests get a 4xx with a short JSON reason, never a traceback. A connection
+idle for --timeout seconds is closed, and at most --max-connections are served at once
+(one thread each); more get 503 at once. Bound to 127.0.0.1 unless --host says otherwise;
+while bound to loopback, requests whose Host header names another machine are refused (a
+DNS-rebinding page cannot read the index). Standard library only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import mimetypes
 import re
 import sys
+import threading
 import urllib.parse
 
 from atjax import index as index_lib
@@ -36,6 +41,14 @@ log = logging.getLogger("atjax.serve")
 MAX_QUERY_CHARS = 500
 MAX_K = 100
 DEFAULT_K = 10
+# Seconds a connection may sit idle (or stall mid-request, or not read a response) before
+# it is closed, and connections served at once: each holds a thread.
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 32
+# A byte position with more digits than this exceeds any file (2**63 has 19).
+_MAX_RANGE_DIGITS = 18
+_REFUSED_AUDIO = {"missing": http.HTTPStatus.NOT_FOUND, "outside": http.HTTPStatus.FORBIDDEN,
+                  "changed": http.HTTPStatus.CONFLICT}
 _AUDIO_ROUTE = re.compile(r"/audio/([0-9]{1,18})")
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -52,10 +65,68 @@ def page_html() -> bytes:
     return importlib.resources.files("atjax").joinpath("static/search.html").read_bytes()
 
 
+class _BoundedThreadingServer(http.server.ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` at once; a connection past
+    that gets a 503 and is closed without a thread, so the accept loop never waits."""
+
+    daemon_threads = True
+    request_queue_size = 64  # the listen backlog (socketserver's 5 drops a browser's burst)
+    _BUSY_BODY = json.dumps({"error": "too many open connections"}).encode()
+    _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+             b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+             % (len(_BUSY_BODY), _BUSY_BODY))
+
+    def __init__(self, address, handler, max_connections: int):
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.setblocking(False)  # a client that reads nothing cannot stall us
+                request.send(self._BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):  # the client's doing
+            log.debug("%s: %s", client_address, error)
+        else:
+            log.exception("error serving %s", client_address)
+
+
 def make_server(searcher: search_lib.Searcher, host: str = "127.0.0.1", port: int = 8000, *,
                 max_query_chars: int = MAX_QUERY_CHARS,
-                max_k: int = MAX_K) -> http.server.ThreadingHTTPServer:
-    """A ThreadingHTTPServer serving `searcher` (port 0 picks a free port)."""
+                max_k: int = MAX_K, timeout: float = DEFAULT_TIMEOUT,
+                max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                ) -> http.server.ThreadingHTTPServer:
+    """A ThreadingHTTPServer serving `searcher` (port 0 picks a free port).
+
+    A connection idle for `timeout` seconds is closed; at most `max_connections` are
+    served at once (one thread each) and any more are answered 503 and closed.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) \
+            or max_connections < 1:
+        raise ValueError(f"max_connections must be a positive integer, got "
+                         f"{max_connections!r}")
+    idle_timeout = timeout
     page = page_html()
     loopback = host in _LOOPBACK_HOSTS
 
@@ -66,6 +137,8 @@ def make_server(searcher: search_lib.Searcher, host: str = "127.0.0.1", port: in
         # Answer unparseable request lines with a status line too (the base class assumes
         # HTTP/0.9 for them and sends a bare body).
         default_request_version = "HTTP/1.0"
+        # Set on each connection's socket: a read or write that waits longer gives up.
+        timeout = float(idle_timeout)
 
         def log_message(self, fmt, *args):
             log.debug("%s %s", self.address_string(), fmt % args)
@@ -109,8 +182,10 @@ def make_server(searcher: search_lib.Searcher, host: str = "127.0.0.1", port: in
                     raise _Refusal(http.HTTPStatus.NOT_FOUND, "not found")
             except _Refusal as r:
                 self._json(r.status, {"error": r.reason})
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client went away (a player seeking elsewhere does that)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                # The client went away (a player seeking elsewhere does that) or stopped
+                # reading for `timeout` seconds: a response may be cut off, so close.
+                self.close_connection = True
             except Exception:
                 log.exception("error answering %r", self.path)
                 self._json(http.HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"},
@@ -158,37 +233,29 @@ def make_server(searcher: search_lib.Searcher, host: str = "127.0.0.1", port: in
                                             "results": results})
 
         def _audio(self, file_id: int):
-            path = searcher.audio_path(file_id)
-            if path is None:
-                raise _Refusal(http.HTTPStatus.NOT_FOUND, "not found")
-            size = path.stat().st_size
-            lo, hi = 0, size - 1
-            status = http.HTTPStatus.OK
-            if (header := self.headers.get("Range")) is not None:
-                match = _RANGE.fullmatch(header.strip())
-                if match is None or match.groups() == ("", ""):
-                    raise _Refusal(http.HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                                   "only one 'bytes=a-b' range is supported")
-                first, last = match.groups()
-                if first:
-                    lo, hi = int(first), min(int(last), size - 1) if last else size - 1
-                else:  # bytes=-N: the last N bytes
-                    lo = max(0, size - int(last))
-                if lo >= size or lo > hi:
-                    raise _Refusal(http.HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                                   f"range outside the {size}-byte file")
-                status = http.HTTPStatus.PARTIAL_CONTENT
-            self.send_response(status)
-            self.send_header("Content-Type",
-                             mimetypes.guess_type(path.name)[0] or "application/octet-stream")
-            self.send_header("Content-Length", str(hi - lo + 1))
-            self.send_header("Accept-Ranges", "bytes")
-            if status == http.HTTPStatus.PARTIAL_CONTENT:
-                self.send_header("Content-Range", f"bytes {lo}-{hi}/{size}")
-            self._common_headers()
-            self.end_headers()
-            if self._send_body:
-                with open(path, "rb") as f:
+            try:
+                audio = searcher.open_audio(file_id)
+            except search_lib.AudioRefused as r:
+                if r.kind != "missing":
+                    log.warning("not serving file id %d: %s", file_id, r.reason)
+                raise _Refusal(_REFUSED_AUDIO[r.kind], r.reason) from None
+            with audio.file as f:
+                size = audio.size
+                lo, hi = 0, size - 1
+                status = http.HTTPStatus.OK
+                if (header := self.headers.get("Range")) is not None:
+                    lo, hi = _byte_range(header, size)
+                    status = http.HTTPStatus.PARTIAL_CONTENT
+                self.send_response(status)
+                self.send_header("Content-Type", mimetypes.guess_type(audio.name)[0]
+                                 or "application/octet-stream")
+                self.send_header("Content-Length", str(hi - lo + 1))
+                self.send_header("Accept-Ranges", "bytes")
+                if status == http.HTTPStatus.PARTIAL_CONTENT:
+                    self.send_header("Content-Range", f"bytes {lo}-{hi}/{size}")
+                self._common_headers()
+                self.end_headers()
+                if self._send_body:
                     f.seek(lo)
                     _copy(f, self.wfile, hi - lo + 1)
 
@@ -216,9 +283,37 @@ def make_server(searcher: search_lib.Searcher, host: str = "127.0.0.1", port: in
             if getattr(self, "_send_body", True) and getattr(self, "command", None) != "HEAD":
                 self.wfile.write(body)
 
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    return _BoundedThreadingServer((host, port), Handler, max_connections)
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int]:
+    """(first, last) byte of a 'bytes=a-b', 'bytes=a-' or 'bytes=-n' Range of a `size`-byte
+    file; a _Refusal (416) for anything else or a range outside the file.
+
+    Positions past the file are clamped as RFC 9110 says, however many digits they have.
+    """
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or match.groups() == ("", ""):
+        raise _Refusal(http.HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                       "only one 'bytes=a-b' range is supported")
+    first, last = (_position(g) for g in match.groups())
+    if first is not None:
+        lo, hi = first, size - 1 if last is None else min(last, size - 1)
+    else:  # bytes=-N: the last N bytes
+        lo, hi = max(0, size - last), size - 1
+    if lo >= size or lo > hi:
+        raise _Refusal(http.HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                       f"range outside the {size}-byte file")
+    return lo, hi
+
+
+def _position(digits: str) -> int | None:
+    """A byte position from its digits (None for none); beyond any file if too long to
+    convert cheaply (int() refuses more than 4,300 digits)."""
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_RANGE_DIGITS else 10 ** _MAX_RANGE_DIGITS
 
 
 def _copy(src, dst, length: int) -> None:
@@ -241,6 +336,28 @@ def _port(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atjax.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,6 +369,12 @@ def main(argv=None) -> int:
                         "the index records)")
     parser.add_argument("--approximate", action="store_true", default=None,
                         help="use the approximate (IVF) index")
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT,
+                        help="seconds before an idle or stalled connection is closed "
+                             f"(default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--max-connections", type=_count, default=DEFAULT_MAX_CONNECTIONS,
+                        help="connections served at once, one thread each; more get 503 "
+                             f"(default {DEFAULT_MAX_CONNECTIONS})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -262,7 +385,8 @@ def main(argv=None) -> int:
         return 1
     try:
         searcher.index.check_model(searcher.model, towers=("text",))
-        server = make_server(searcher, args.host, args.port)
+        server = make_server(searcher, args.host, args.port, timeout=args.timeout,
+                             max_connections=args.max_connections)
     except OSError as e:  # the port is taken, or the address is not this machine's
         searcher.close()
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)

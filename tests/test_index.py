@@ -54,7 +54,8 @@ def _assert_consistent(index_dir) -> None:
 
 @pytest.mark.parametrize("n, window, hop, want", [
     (5, 10, 5, [0]), (10, 10, 5, [0]), (20, 10, 5, [0, 5, 10]), (22, 10, 5, [0, 5, 10, 12]),
-    (11, 10, 10, [0, 1]),
+    (11, 10, 10, [0, 1]), (1, 1, 1, [0]), (3, 1, 1, [0, 1, 2]), (23, 10, 4, [0, 4, 8, 12, 13]),
+    (30, 10, 10, [0, 10, 20]), (31, 10, 7, [0, 7, 14, 21]),
 ])
 def test_window_starts(n, window, hop, want):
     assert index_lib.window_starts(n, window, hop).tolist() == want
@@ -363,11 +364,31 @@ def test_windower_cuts_blocks_like_the_whole_signal():
         blocks = [np.zeros(0, np.float32), *np.split(wave, cuts)]  # an empty block too
         windower = index_lib.Windower(length, hop)
         got = list(windower.frames(blocks))
-        want = index_lib.window_starts(n, length, hop)
-        assert [s for s, _ in got] == want.tolist() and windower.samples == n
+        want = _starts_by_hand(n, length, hop)
+        assert [s for s, _ in got] == want and windower.samples == n
         for (_, frame), s in zip(got, want, strict=True):
-            np.testing.assert_array_equal(frame, index_lib.window(wave, int(s), length))
+            np.testing.assert_array_equal(frame, _frame_by_hand(wave, s, length))
     assert list(index_lib.Windower(5, 2).frames([])) == []
+
+
+def _starts_by_hand(n: int, length: int, hop: int) -> list[int]:
+    """Window starts written out as the module doc says, with a plain loop: every hop while
+    a whole window fits, then one window ending at the very end if the last stops short; a
+    signal of at most one window is the single window at 0."""
+    starts = [0]
+    while starts[-1] + hop + length <= n:
+        starts.append(starts[-1] + hop)
+    if starts[-1] + length < n:
+        starts.append(n - length)
+    return starts
+
+
+def _frame_by_hand(wave: np.ndarray, start: int, length: int) -> np.ndarray:
+    """wave[start:start + length], zero-padded at the end to `length` samples."""
+    frame = np.zeros(length, np.float32)
+    piece = wave[start:start + length]
+    frame[:len(piece)] = piece
+    return frame
 
 
 def _write_long(kit, path, seconds, rate=44100):
@@ -399,14 +420,16 @@ def little_memory(monkeypatch):
 
 
 def _whole_file_embeddings(model, path, window_s, hop_s):
-    """Independent reference: the whole file decoded at once, framed, embedded."""
+    """Independent reference: the whole file decoded at once, framed by a plain loop (not
+    the module's framing), embedded."""
     from data_pipeline import audio
 
     sr = model.sample_rate
     wave = audio.load(path, sr)
-    starts = index_lib.window_starts(len(wave), int(window_s * sr), int(hop_s * sr))
-    frames = np.stack([index_lib.window(wave, int(s), int(window_s * sr)) for s in starts])
-    return model.embed_audio(frames, sr), starts / sr, len(wave) / sr
+    length = int(window_s * sr)
+    starts = _starts_by_hand(len(wave), length, int(hop_s * sr))
+    frames = np.stack([_frame_by_hand(wave, s, length) for s in starts])
+    return model.embed_audio(frames, sr), np.asarray(starts) / sr, len(wave) / sr
 
 
 def test_long_file_is_decoded_in_blocks_with_the_whole_file_windows(tmp_path, search_kit,
@@ -427,7 +450,12 @@ def test_long_file_is_decoded_in_blocks_with_the_whole_file_windows(tmp_path, se
         assert error is None and got_duration == pytest.approx(duration)
         np.testing.assert_array_equal(got_starts, starts.astype(np.float32))
         np.testing.assert_allclose(vectors, want, atol=1e-6)  # float32 storage
-    assert len(got["field.wav"][1]) == 13
+    # The starts (s) of 10 s windows every 5 s, written out: a 70 s file, a 20 s one, a
+    # 12 s one (its last window ends at the end) and a 4 s one (one padded window).
+    assert got["field.wav"][1].tolist() == list(range(0, 61, 5))
+    assert got["long.wav"][1].tolist() == [0, 5, 10]
+    assert got["sub/rain.wav"][1].tolist() == [0, 2]
+    assert got["car.flac"][1].tolist() == [0]
 
 
 def test_query_file_is_decoded_in_blocks(tmp_path, search_kit, little_memory):
@@ -569,6 +597,56 @@ def test_writer_clean_up_deletes_only_the_names_it_generates(tmp_path, search_ki
         pass
     left = {p.name for p in idx.iterdir()}
     assert set(users) <= left and not set(stale) & left and "ann-000000.faiss" in left
+
+
+# -- which files are indexed ---------------------------------------------------------------
+
+def test_which_files_are_indexed(tmp_path, search_kit):
+    audio, outside = tmp_path / "audio", tmp_path / "outside"
+    (audio / "sub").mkdir(parents=True)
+    (audio / ".hidden folder").mkdir()
+    outside.mkdir()
+    sr = search_kit.model.sample_rate
+    for path in (audio / "dog.wav", audio / "LOUD.WAV", audio / "sub" / "in sub.flac",
+                 audio / ".hidden.wav", audio / ".hidden folder" / "x.wav",
+                 outside / "elsewhere.wav"):
+        soundfile.write(path, search_kit.render("dog", 1.0, sr), sr)
+    (audio / "notes.txt").write_text("not audio")
+    os.symlink("dog.wav", audio / "link inside.wav")
+    os.symlink("sub/in sub.flac", audio / "link into sub.flac")
+    os.symlink(outside / "elsewhere.wav", audio / "link outside.wav")
+    os.symlink("../outside/elsewhere.wav", audio / "relative outside.wav")
+    os.symlink("../audio/dog.wav", audio / "out and back.wav")  # leaves, but ends inside
+    os.symlink("missing.wav", audio / "dangling.wav")
+    os.symlink(outside, audio / "folder outside")
+    os.symlink("sub", audio / "folder inside")
+    os.symlink(".", audio / "sub" / "loop")  # would walk forever if followed
+    # A name that is not UTF-8 (bytes any Linux file system takes).
+    with open(os.path.join(os.fsencode(audio), b"caf\xe9.wav"), "wb") as f:
+        f.write((audio / "dog.wav").read_bytes())
+
+    report = _build(search_kit, audio, tmp_path / "idx", commit_every=1)
+    assert sorted(_contents(tmp_path / "idx")) == [
+        "LOUD.WAV", "dog.wav", "link inside.wav", "link into sub.flac", "out and back.wav",
+        "sub/in sub.flac"]
+    skipped = dict(report.failed)
+    assert sorted(skipped) == ["'caf\\udce9.wav'", "dangling.wav", "link outside.wav",
+                               "relative outside.wav"]
+    assert "not valid UTF-8" in skipped["'caf\\udce9.wav'"]
+    assert "cannot stat" in skipped["dangling.wav"]
+    for name in ("link outside.wav", "relative outside.wav"):
+        assert skipped[name] == "a symbolic link to a file outside the audio folder"
+    # The next run skips them again, and a file that became such a link leaves the index
+    # (with the links inside that now lead out through it).
+    (audio / "dog.wav").rename(outside / "dog.wav")
+    os.symlink(outside / "dog.wav", audio / "dog.wav")
+    again = _build(search_kit, audio, tmp_path / "idx")
+    now_outside = ["dog.wav", "link inside.wav", "out and back.wav"]
+    assert sorted(set(dict(again.failed)) - set(skipped)) == now_outside
+    assert again.removed == 3 and again.added == 0
+    assert sorted(_contents(tmp_path / "idx")) == ["LOUD.WAV", "link into sub.flac",
+                                                   "sub/in sub.flac"]
+    _assert_consistent(tmp_path / "idx")
 
 
 # -- files that failed --------------------------------------------------------------------

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
+import os
 import socket
+import threading
+import time
 
 import pytest
 
@@ -200,15 +204,16 @@ def test_serve_cli(tmp_path, search_kit, monkeypatch, capsys):
                           bundle=str(tmp_path / "bundle"), progress=False)
     loaded = []
     monkeypatch.setattr(atjax, "load", lambda p: loaded.append(p) or search_kit.model)
-    served = []
+    served, settings = [], []
     real_make_server = serve.make_server
 
     def interrupt():  # Ctrl-C at once
         raise KeyboardInterrupt
 
-    def make_server(searcher, host, port):
-        httpd = real_make_server(searcher, host, port)
+    def make_server(searcher, host, port, **kw):
+        httpd = real_make_server(searcher, host, port, **kw)
         served.append(httpd)
+        settings.append(kw)
         monkeypatch.setattr(httpd, "serve_forever", interrupt)
         return httpd
 
@@ -218,6 +223,21 @@ def test_serve_cli(tmp_path, search_kit, monkeypatch, capsys):
     port = served[0].server_address[1]
     assert f"(6 files, 9 windows) on http://127.0.0.1:{port}/" in out
     assert loaded == [str(tmp_path / "bundle")]
+    assert settings[-1] == {"timeout": 10.0, "max_connections": 32}
+    assert serve.main([str(tmp_path / "idx"), "--port", "0", "--timeout", "2.5",
+                       "--max-connections", "3"]) == 0
+    assert settings[-1] == {"timeout": 2.5, "max_connections": 3}
+    for flag, value, message in (("--timeout", "0", "--timeout: must be a positive"),
+                                 ("--timeout", "inf", "--timeout: must be a positive"),
+                                 ("--timeout", "x", "--timeout: expected seconds"),
+                                 ("--max-connections", "0", "--max-connections: must be at "
+                                  "least 1"),
+                                 ("--max-connections", "1.5", "--max-connections: expected")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            serve.main([str(tmp_path / "idx"), flag, value])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err
     assert serve.main([str(tmp_path / "audio")]) == 1
     assert "not an atjax audio index" in capsys.readouterr().err
     monkeypatch.setattr(atjax, "load", lambda p: search_kit.other_model)
@@ -282,3 +302,184 @@ def test_serve_cli_reports_a_port_in_use(tmp_path, search_kit, monkeypatch, caps
         serve.main([str(tmp_path / "idx"), "--port", "70000"])
     assert exit_info.value.code == 2 and "--port: must be from 0 to 65535" in \
         capsys.readouterr().err
+
+
+def test_range_numbers_of_any_length_get_an_answer(server):
+    httpd, files, searcher = server
+    hit = searcher.search("dog", 1)[0]
+    data = files["dog"].read_bytes()
+    huge = "9" * 5000  # more digits than int() converts
+    for header, status, want in (
+            (f"bytes={huge}-", 416, None),
+            (f"bytes={huge}-{huge}", 416, None),
+            (f"bytes=0-{huge}", 206, data),            # clamped to the end of the file
+            (f"bytes=-{huge}", 206, data),             # more than the file: all of it
+            (f"bytes={'0' * 5000}5-{'0' * 5000}9", 206, data[5:10])):
+        got, headers, body = _request(httpd, "GET", f"/audio/{hit.file_id}",
+                                      {"Range": header})
+        assert got == status, header[:40]
+        assert b"Traceback" not in body
+        if want is not None:
+            assert body == want
+            assert headers["Content-Range"].endswith(f"/{len(data)}")
+
+
+@contextlib.contextmanager
+def _serving(root, kit, **kw):
+    """(server, searcher) over an index of the standard collection under `root`, built
+    after `prepare(audio folder)` (a keyword) has run; stopped on exit."""
+    from atjax import index as index_lib
+    from atjax import search as search_lib
+    from atjax import serve
+    from conftest_search import write_collection
+
+    prepare = kw.pop("prepare", None)
+    write_collection(root / "audio", kit)
+    if prepare is not None:
+        prepare(root / "audio")
+    index_lib.build_index(root / "audio", kit.model, root / "idx", progress=False)
+    with search_lib.Searcher(root / "idx", kit.model) as searcher:
+        httpd = serve.make_server(searcher, port=0, **kw)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield httpd, searcher
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(10)
+
+
+def _ids(searcher) -> dict[str, int]:
+    return {e.path: e.id for e in searcher.index.files()}
+
+
+def _same_stat(path, like):
+    """Gives `path` the modification time of `like` (its size is the caller's to match)."""
+    st = os.stat(like)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def test_symlinks_are_served_only_inside_the_indexed_folder(tmp_path, search_kit):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def prepare(audio):
+        os.symlink("dog.wav", audio / "link.wav")  # inside the folder: indexed and served
+
+    with _serving(tmp_path, search_kit, prepare=prepare) as (httpd, searcher):
+        audio, ids = tmp_path / "audio", _ids(searcher)
+        dog = (audio / "dog.wav").read_bytes()
+        status, _, body = _request(httpd, "GET", f"/audio/{ids['link.wav']}")
+        assert status == 200 and body == dog
+        # Re-pointed after indexing, at a file outside of the same size and mtime: only
+        # the real path tells it apart.
+        twin = outside / "twin.wav"
+        twin.write_bytes(b"\x01" * len(dog))
+        _same_stat(twin, audio / "dog.wav")
+        (audio / "link.wav").unlink()
+        os.symlink(twin, audio / "link.wav")
+        status, _, body = _request(httpd, "GET", f"/audio/{ids['link.wav']}")
+        assert status == 403 and b"\x01\x01" not in body
+        assert "outside the indexed folder" in json.loads(body)["error"]
+        (audio / "link.wav").unlink()
+        os.symlink("/etc/passwd", audio / "link.wav")
+        for method in ("GET", "HEAD"):
+            status, _, body = _request(httpd, method, f"/audio/{ids['link.wav']}",
+                                       {"Range": "bytes=0-"})
+            assert status == 403 and b"root:" not in body
+        # A folder on the file's path swapped for a link to a copy outside.
+        rain = audio / "sub" / "rain.wav"
+        copy = outside / "sub"
+        copy.mkdir()
+        (copy / "rain.wav").write_bytes(rain.read_bytes())
+        _same_stat(copy / "rain.wav", rain)
+        os.rename(audio / "sub", tmp_path / "moved-sub")
+        os.symlink(copy, audio / "sub")
+        status, _, _ = _request(httpd, "GET", f"/audio/{ids['sub/rain.wav']}")
+        assert status == 403
+        assert searcher.audio_path(ids["sub/rain.wav"]) is None
+        assert searcher.audio_path(ids["dog.wav"]) == (audio / "dog.wav").resolve()
+
+
+def test_a_file_replaced_after_indexing_is_not_served(tmp_path, search_kit):
+    with _serving(tmp_path, search_kit) as (httpd, searcher):
+        audio, ids = tmp_path / "audio", _ids(searcher)
+        # Replaced by a link to a text file inside the folder.
+        (audio / "dog.wav").unlink()
+        os.symlink("notes.txt", audio / "dog.wav")
+        status, headers, body = _request(httpd, "GET", f"/audio/{ids['dog.wav']}")
+        assert status == 409 and b"not audio" not in body
+        assert headers["Content-Type"] == "application/json"
+        assert "changed since it was indexed" in json.loads(body)["error"]
+        # New content of the same size (a new mtime), and a FIFO, which must not block.
+        long = audio / "long.wav"
+        long.write_bytes(b"\0" * long.stat().st_size)
+        status, _, body = _request(httpd, "GET", f"/audio/{ids['long.wav']}")
+        assert status == 409 and body.count(b"\0") < 100
+        (audio / "sub" / "rain.wav").unlink()
+        os.mkfifo(audio / "sub" / "rain.wav")
+        status, _, _ = _request(httpd, "GET", f"/audio/{ids['sub/rain.wav']}")
+        assert status == 409
+        # Gone: 404. Untouched files are still served.
+        (audio / "car.flac").unlink()
+        status, _, _ = _request(httpd, "GET", f"/audio/{ids['car.flac']}")
+        assert status == 404
+        engine = audio / "sub" / "deeper" / "engine.wav"
+        status, _, body = _request(httpd, "GET", f"/audio/{ids['sub/deeper/engine.wav']}")
+        assert status == 200 and body == engine.read_bytes()
+
+
+def _server_threads() -> int:
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def _read_until_closed(sock) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_idle_connections_time_out_and_threads_are_bounded(tmp_path, search_kit):
+    from atjax import serve
+
+    with pytest.raises(ValueError, match="timeout must be a positive"):
+        serve.make_server(None, port=0, timeout=0)
+    with pytest.raises(ValueError, match="max_connections must be a positive"):
+        serve.make_server(None, port=0, max_connections=0)
+    bound, extra, timeout = 4, 8, 2.0
+    with _serving(tmp_path, search_kit, timeout=timeout, max_connections=bound) as (httpd, _):
+        before = _server_threads()
+        address = httpd.server_address[:2]
+        start = time.monotonic()
+        held = [socket.create_connection(address, timeout=10) for _ in range(bound)]
+        try:
+            # A half-sent request holds its connection no longer than an idle one.
+            held[0].sendall(b"GET / HTTP/1.1\r\nHost: 127.0.")
+            for _ in range(500):  # until the server has taken them all
+                if _server_threads() - before >= bound:
+                    break
+                time.sleep(0.01)
+            assert _server_threads() - before <= bound
+            # Every slot is taken: more connections are answered 503 and closed at once,
+            # without a thread.
+            for _ in range(extra):
+                with socket.create_connection(address, timeout=10) as s:
+                    answer = _read_until_closed(s)
+                assert answer.startswith(b"HTTP/1.1 503 "), answer
+                assert b"too many open connections" in answer
+                assert _server_threads() - before <= bound
+            assert [_read_until_closed(s) for s in held] == [b""] * bound
+        finally:
+            for s in held:
+                s.close()
+        # Closed by the server after the time-out (the client never left).
+        assert timeout <= time.monotonic() - start < timeout + 3.0
+        for _ in range(50):  # the threads end with their connections
+            if _server_threads() <= before:
+                break
+            time.sleep(0.1)
+        assert _server_threads() <= before
+        status, _, _ = _request(httpd, "GET", "/api/info")
+        assert status == 200
