@@ -204,9 +204,21 @@ class _open_blocks:
 def to_pcm16(audio: np.ndarray) -> np.ndarray:
     """float [-1, 1] -> int16, scaled by 32768 so that int16 sources round-trip exactly.
 
-    Resampling can overshoot full scale slightly (Gibbs ripple); those samples clip.
+    Samples beyond full scale clip: resampling overshoot of full-scale audio (Gibbs ripple),
+    and float sources above 1 (`clipped_peak` says whether and how far).
     """
     return np.clip(np.rint(np.asarray(audio, np.float32) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def clipped_peak(audio: np.ndarray) -> float | None:
+    """The largest absolute sample of `audio` if `to_pcm16` clips any of its samples, else None."""
+    audio = np.asarray(audio, np.float32)
+    if audio.size == 0:
+        return None
+    high, low = float(audio.max()) * 32768.0, float(audio.min()) * 32768.0
+    if np.rint(high) <= 32767 and np.rint(low) >= -32768:
+        return None
+    return max(high, -low) / 32768.0
 
 
 def _describe(error: Exception) -> str:

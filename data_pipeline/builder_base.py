@@ -10,9 +10,14 @@ module does the rest the same way for all of them:
   fixed order, the same on every read);
 - audio stored as raw int16 bytes (`Encoding.BYTES`): a quarter of the default int64
   encoding, and decoding it in tf.data is a `decode_raw`, not an audio codec;
-- missing and undecodable clips skipped, counted, logged, and listed in
+- missing and undecodable clips, and clips too short to hold one sample at the model's
+  rate, skipped, counted, logged, and listed in
   `DATA_DIR/<name>/<config>/<version>/skipped.json` (written inside TFDS's temporary
-  directory, so it appears atomically with the prepared data).
+  directory, so it appears atomically with the prepared data);
+- clips with samples beyond int16 full scale (float WAVs above 1, or resampling overshoot
+  of full-scale audio) clipped to it, counted in the report and logged with the worst peak;
+- a clip listed twice in a split refused before any decoding, with the two rows that list it
+  (TFDS would fail only after decoding, on the shared key).
 
 Release files are looked up first where the release puts them, then anywhere below the
 manual dir, so a user may point at the folder that contains the release, or keep audio in
@@ -103,6 +108,8 @@ class Clip:
     path: Path | None
     features: Mapping[str, Any]
     expected: str = ""  # where the release layout puts the audio (named in the report)
+    # Where the release lists the clip: (metadata file, "line 12"), named when it is listed twice.
+    listed_at: tuple[str, str] | None = None
 
 
 class Report:
@@ -179,17 +186,7 @@ def find_release_file(manual_dir: Path, relpath: str) -> Path:
     direct = manual_dir / relpath
     if direct.is_file():
         return direct
-    tail = Path(relpath).parts
-    found = []
-    for dirpath, dirnames, filenames in os.walk(manual_dir):
-        depth = len(Path(dirpath).relative_to(manual_dir).parts)
-        if depth >= _SEARCH_DEPTH + len(tail):
-            dirnames.clear()
-        dirnames.sort()
-        if tail[-1] in filenames:
-            candidate = Path(dirpath) / tail[-1]
-            if candidate.parts[-len(tail):] == tail:
-                found.append(candidate)
+    found = find_release_files(manual_dir, relpath)
     if not found:
         raise LayoutError(f"expected release file {direct} (not found there or below {manual_dir})")
     if len(found) > 1:
@@ -201,6 +198,24 @@ def find_release_file(manual_dir: Path, relpath: str) -> Path:
     return found[0]
 
 
+def find_release_files(manual_dir: Path, relpath: str) -> list[Path]:
+    """Every file below manual_dir (at most a few folders deep) whose path ends in relpath,
+    sorted by path."""
+    manual_dir = Path(manual_dir)
+    tail = Path(relpath).parts
+    found = []
+    for dirpath, dirnames, filenames in os.walk(manual_dir):
+        depth = len(Path(dirpath).relative_to(manual_dir).parts)
+        if depth >= _SEARCH_DEPTH + len(tail):
+            dirnames.clear()
+        dirnames.sort()
+        if tail[-1] in filenames:
+            candidate = Path(dirpath) / tail[-1]
+            if candidate.parts[-len(tail):] == tail:
+                found.append(candidate)
+    return sorted(found)
+
+
 def release_root(metadata_file: Path, relpath: str) -> Path:
     """The folder that plays the role of the release's top level for `metadata_file`."""
     return metadata_file.parents[len(Path(relpath).parts) - 1]
@@ -209,14 +224,21 @@ def release_root(metadata_file: Path, relpath: str) -> Path:
 def read_table(path: Path, required: Sequence[str], delimiter: str = ",") -> list[dict[str, str]]:
     """Rows of a CSV/TSV as dicts; the header must hold the `required` columns.
 
-    Releases are UTF-8 (some with a BOM); a file that is not is read as Latin-1 and
-    logged, since some Freesound-derived metadata was exported that way.
+    Releases are UTF-8 (some with a BOM); a file that is not is read as Windows-1252, else
+    as Latin-1, and logged, since some Freesound-derived metadata was exported that way.
+    Windows-1252 comes first: it is what spreadsheet exports on Windows write, and it maps
+    bytes 0x80-0x9F to the typographic quotes and dashes where Latin-1 has control characters.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        log.warning("%s is not UTF-8; reading it as Latin-1", path)
-        text = path.read_text(encoding="latin-1")
+    raw = path.read_bytes()
+    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
+        try:
+            text = raw.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    if encoding != "utf-8-sig":
+        log.warning("%s is not UTF-8; reading it as %s", path,
+                    {"cp1252": "Windows-1252", "latin-1": "Latin-1"}[encoding])
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in required if c not in header]
@@ -280,7 +302,8 @@ def read_folded_labels(manual_dir: Path, layout: FoldedLabels) -> list[Clip]:
         split_dirs = (f"fold{fold}",) if layout.folder_per_fold else ()
         clips.append(Clip(id=file, path=index.find(file, expected=folder / file,
                                                    split_dirs=split_dirs),
-                          features={"label": name, "fold": fold}, expected=str(folder / file)))
+                          features={"label": name, "fold": fold}, expected=str(folder / file),
+                          listed_at=(str(meta), f"line {line}")))
     return clips
 
 
@@ -396,6 +419,8 @@ class AudioDatasetBuilder(tfds.core.GeneratorBasedBuilder):
         self._started = time.time()
         log.info("%s: reading the release in %s", self.name, manual_dir)
         clips_by_split = self._read_release(manual_dir, self._report)
+        for split, clips in clips_by_split.items():
+            refuse_duplicates(self.name, split, clips)
         generators = {}
         for split, clips in clips_by_split.items():
             present = []
@@ -426,6 +451,7 @@ class AudioDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     def _generate(self, split: str, clips: list[Clip]) -> Iterator[tuple[str, dict[str, Any]]]:
         # TFDS's bar counts examples but cannot know the total; these lines give rate and ETA.
         start = last_line = time.time()
+        clipped, worst = 0, (0.0, "")
         for done, (clip, result) in enumerate(_decode_in_order(clips, self.sample_rate, self.decode_workers)):
             if time.time() - last_line > _PROGRESS_SECONDS:
                 last_line = time.time()
@@ -433,12 +459,22 @@ class AudioDatasetBuilder(tfds.core.GeneratorBasedBuilder):
                 log.info("%s %s: %d/%d clips decoded, %.1f clips/s, about %.0f min left", self.name, split,
                          done, len(clips), rate, (len(clips) - done) / max(rate, 1e-9) / 60)
             if isinstance(result, Exception):
-                reason = "missing" if isinstance(result, FileNotFoundError) else "undecodable"
+                reason = ("missing" if isinstance(result, FileNotFoundError)
+                          else "too short" if isinstance(result, TooShortError) else "undecodable")
                 self._report.skip(split, clip.id, reason, str(clip.path), str(result))
                 log.warning("%s %s: skipping %s: %s", self.name, split, clip.id, result)
                 continue
+            pcm, peak = result
+            if peak is not None:
+                clipped += 1
+                worst = max(worst, (peak, clip.id))
             self._report.prepared(split)
-            yield clip.id, {"id": clip.id, "audio": result, **clip.features}
+            yield clip.id, {"id": clip.id, "audio": pcm, **clip.features}
+        self._report.note(split, CLIPPED_NOTE, clipped)
+        if clipped:
+            log.warning("%s %s: %d clips had samples beyond int16 full scale, clipped to it (worst peak "
+                        "%.3f, %+.1f dBFS, in %s)", self.name, split, clipped, worst[0],
+                        20 * np.log10(worst[0]), worst[1])
         if self._report.count(split) == 0:
             raise audio.AudioDecodeError(
                 f"{self.name} {split}: none of the {len(clips)} audio files could be decoded "
@@ -479,19 +515,47 @@ def read_report(builder: tfds.core.DatasetBuilder) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+CLIPPED_NOTE = "clips with samples clipped at int16 full scale"
+
+
+class TooShortError(audio.AudioDecodeError):
+    """A file whose samples resample to none at the model's rate (a few samples long)."""
+
+
+def refuse_duplicates(name: str, split: str, clips: Sequence[Clip]) -> None:
+    """Raises ValueError naming the two rows of the first clip listed twice in a split.
+
+    Refused rather than deduplicated: the releases list each clip once, so a repeated row
+    is a damaged or edited file whose two rows may disagree."""
+    first: dict[str, Clip] = {}
+    for clip in clips:
+        seen = first.setdefault(clip.id, clip)
+        if seen is clip:
+            continue
+        a, b = seen.listed_at, clip.listed_at
+        if not (a and b):
+            raise ValueError(f"{name} {split}: the clip {clip.id!r} is listed twice; remove one of the two rows")
+        where = f"{a[0]}: {a[1]} and {b[1]}" if a[0] == b[0] else f"{a[0]} {a[1]} and {b[0]} {b[1]}"
+        raise ValueError(f"{where} both list the clip {clip.id!r} ({name} {split}); remove one of the two rows")
+
+
 def _decode_in_order(
     clips: Sequence[Clip], sample_rate: int, workers: int | None
-) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
-    """(clip, int16 audio or the exception) in input order, decoding ahead on threads.
+) -> Iterator[tuple[Clip, tuple[np.ndarray, float | None] | Exception]]:
+    """(clip, (int16 audio, peak) or the exception) in input order, decoding ahead on threads;
+    peak is the largest absolute float sample where some sample clipped, else None.
 
     At most 4 * workers clips are in flight, which bounds memory for long releases."""
     workers = workers or min(8, os.cpu_count() or 1)
 
     def decode(clip: Clip):
         try:
-            return audio.to_pcm16(audio.load(clip.path, sample_rate))
+            samples = audio.load(clip.path, sample_rate)
         except (FileNotFoundError, audio.AudioDecodeError) as e:
             return e
+        if samples.size == 0:
+            return TooShortError(f"audio file {clip.path} holds too few samples to give one at {sample_rate} Hz")
+        return audio.to_pcm16(samples), audio.clipped_peak(samples)
 
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: collections.deque = collections.deque()

@@ -3,6 +3,7 @@
 Names and splits (each builder reads its release in place; see its module docstring):
 
     audiocaps         train, val, test            captions (5 per test/val clip)
+    audiocaps_2       train, val, test (AudioCaps 2.0, the repository's dataset2.0/)   captions
     clotho            development, validation, evaluation (v2.1)   captions (5 per clip)
     clotho_2022       test (DCASE 2022 task 6B retrieval evaluation)   captions
     macs              train                       captions
@@ -23,6 +24,7 @@ from typing import Any
 
 NAMES = (
     "audiocaps",
+    "audiocaps_2",
     "clotho",
     "clotho_2022",
     "macs",
@@ -34,6 +36,7 @@ NAMES = (
 )
 SPLITS = {
     "audiocaps": ("train", "val", "test"),
+    "audiocaps_2": ("train", "val", "test"),
     "clotho": ("development", "validation", "evaluation"),
     "clotho_2022": ("test",),
     "macs": ("train",),
@@ -48,6 +51,7 @@ PROCEDURAL = ("synthetic_events",)
 
 _BUILDER_CLASSES = {
     "audiocaps": "data_pipeline.audiocaps.builder:AudioCaps",
+    "audiocaps_2": "data_pipeline.audiocaps.builder:AudioCaps2",
     "clotho": "data_pipeline.clotho.builder:Clotho",
     "clotho_2022": "data_pipeline.clotho_2022.builder:Clotho2022",
     "macs": "data_pipeline.macs.builder:Macs",

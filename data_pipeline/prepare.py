@@ -4,8 +4,8 @@
 
 NAME is one of data_pipeline.datasets.NAMES; --manual_dir is the folder holding the
 release as downloaded (not needed for synthetic_events). The result lands in
-DATA_DIR/NAME/<rate>hz/<version>/, with skipped.json listing every clip that was missing
-or could not be decoded. TFDS's own `tfds build` command needs apache-beam in TFDS 4.9.10,
+DATA_DIR/NAME/<rate>hz/<version>/, with skipped.json listing every clip that was missing,
+could not be decoded or was too short to give one sample at the rate. TFDS's own `tfds build` command needs apache-beam in TFDS 4.9.10,
 so this calls the builder's Python API instead.
 """
 

@@ -104,14 +104,16 @@ def _freq(i: int) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def make_audiocaps(root: Path, *, one_folder: bool = False) -> Layout:
-    """AudioCaps: train/val/test.csv (audiocap_id,youtube_id,start_time,caption); audio named
-    by YouTube id in the ways users' downloads name it, in split folders (or one folder)."""
+def make_audiocaps(root: Path, *, one_folder: bool = False, csv_dir: str = "", specs=None,
+                   freq_offset: int = 0) -> Layout:
+    """AudioCaps: train/val/test.csv (audiocap_id,youtube_id,start_time,caption) in root (or
+    root/csv_dir); audio named by YouTube id in the ways users' downloads name it, in split
+    folders (or one folder). `specs`: other clips than AudioCaps 1.0's default ones."""
     root = Path(root)
-    lay = Layout(root, metadata_files=("train.csv", "val.csv", "test.csv"))
+    lay = Layout(root, metadata_files=tuple(str(Path(csv_dir) / f"{s}.csv") for s in ("train", "val", "test")))
     header = ["audiocap_id", "youtube_id", "start_time", "caption"]
     # (split, youtube_id, start, captions, file name pattern, outcome)
-    specs = [
+    specs = specs or [
         ("train", "--0PQM4-hqg", 30, ["A dog barks twice"], "{id}.wav", "ok"),
         ("train", "a_b-CDEfg12", 0, ["Rain falls on a roof", "  "], "Y{id}.flac", "ok"),
         ("train", "Yk3mJ8aZ0x1", 10, ["A man speaks"], "{id}_{start}.wav", "ok"),
@@ -130,7 +132,7 @@ def make_audiocaps(root: Path, *, one_folder: bool = False) -> Layout:
         if pattern is not None:
             folder = root / "audio" if one_folder else root / "audio" / split
             path = folder / pattern.format(id=ytid, start=start)
-            tone = Tone(44100 if path.suffix != ".mp3" else 48000, (_freq(i),))
+            tone = Tone(44100 if path.suffix != ".mp3" else 48000, (_freq(i + freq_offset),))
             if outcome == "undecodable":
                 write_corrupt(path)
             else:
@@ -141,8 +143,27 @@ def make_audiocaps(root: Path, *, one_folder: bool = False) -> Layout:
         else:
             lay.expect_skip(split, ytid, outcome)
     for split in rows:
-        _write_csv(root / f"{split}.csv", header, rows[split])
+        _write_csv(root / csv_dir / f"{split}.csv", header, rows[split])
     return lay
+
+
+# AudioCaps 2.0's clips in the tiny layout: none of 1.0's, frequencies of their own.
+AUDIOCAPS_2_SPECS = [
+    ("train", "v2Train0001", 30, ["A cat meows"], "{id}.wav", "ok"),
+    ("train", "v2Missing01", 0, ["A car horn"], None, "missing"),
+    ("val", "v2Val_00001", 10, [f"A drum beats {k}" for k in range(5)], "{id}.flac", "ok"),
+    ("test", "v2Test-0001", 20, [f"Leaves rustle {k}" for k in range(5)], "Y{id}.wav", "ok"),
+    ("test", "v2Test-0002", 0, [f"Glass breaks {k}" for k in range(5)], "{id}_{start}.wav", "ok"),
+]
+
+
+def make_audiocaps_clone(root: Path) -> tuple[Layout, Layout]:
+    """A clone of the AudioCaps repository with the downloaded audio: AudioCaps 1.0's CSVs in
+    dataset/, 2.0's in dataset2.0/, the audio of both in audio/<split>/. Returns the two
+    releases' layouts (1.0, 2.0)."""
+    v1 = make_audiocaps(root, csv_dir="dataset")
+    v2 = make_audiocaps(root, csv_dir="dataset2.0", specs=AUDIOCAPS_2_SPECS, freq_offset=20)
+    return v1, v2
 
 
 def make_clotho(root: Path) -> Layout:
@@ -179,10 +200,13 @@ def make_clotho(root: Path) -> Layout:
 CLOTHO_2022_GROUND_TRUTH = "retrieval_ground_truth.csv"
 
 
-def make_clotho_2022(root: Path, *, ground_truth: bool = True) -> Layout:
+def make_clotho_2022(root: Path, *, ground_truth: bool = True, colon_names: bool = False) -> Layout:
     """DCASE 2022 task 6B evaluation: retrieval_captions.csv (caption), retrieval_audio_metadata.csv
     (file_name, keywords, sound_id, sound_link, start_end_samples, manufacturer, license), audio
-    in test/ (as retrieval_audio.7z unpacks), and the ground truth (caption, file_name)."""
+    in test/ (as retrieval_audio.7z unpacks), and the ground truth (caption, file_name).
+
+    `colon_names`: two more clips as the release spells them, with ":" in the metadata's name
+    where the audio file has "_"; the ground truth names one with ":", the other with "_"."""
     root = Path(root)
     lay = Layout(root, metadata_files=("retrieval_captions.csv", "retrieval_audio_metadata.csv"))
     specs = [
@@ -191,15 +215,19 @@ def make_clotho_2022(root: Path, *, ground_truth: bool = True) -> Layout:
         ("no query.wav", [], "ok"),  # a retrieval candidate that no query points to
         ("lost.wav", ["A train passes"], "missing"),
     ]
+    if colon_names:
+        specs += [("raindrops on metal: police background.wav", ["Rain drums on a metal roof"], "ok"),
+                  ("Night: crickets.wav", ["Crickets chirp at night", "Insects chirp"], "ok")]
     queries, gt, meta = [], [], []
     for i, (name, captions, outcome) in enumerate(specs):
         meta.append([name, "kw1;kw2", 1000 + i, f"https://freesound.org/s/{1000 + i}", "[0, 100]", "user", "CC BY"])
+        on_disk = name.replace(":", "_")
         for c in captions:
             queries.append([c])
-            gt.append([c, name])
+            gt.append([c, on_disk if name.startswith("Night") else name])
         tone = Tone(44100, (_freq(i + 3),))
         if outcome == "ok":
-            write_tone(root / "test" / name, tone)
+            write_tone(root / "test" / on_disk, tone)
             lay.expect("test", name, Expected({"captions": captions}, tone))
         else:
             lay.expect_skip("test", name, outcome)
@@ -250,6 +278,7 @@ def make_fsd50k(root: Path) -> Layout:
         metadata_files=(
             "FSD50K.ground_truth/dev.csv",
             "FSD50K.ground_truth/eval.csv",
+            "FSD50K.ground_truth/vocabulary.csv",
             "FSD50K.metadata/dev_clips_info_FSD50K.json",
             "FSD50K.metadata/eval_clips_info_FSD50K.json",
         ),
@@ -292,6 +321,10 @@ def make_fsd50k(root: Path) -> Layout:
             lay.expect_skip(split, fname, outcome)
     _write_csv(root / "FSD50K.ground_truth/dev.csv", ["fname", "labels", "mids", "split"], dev_rows)
     _write_csv(root / "FSD50K.ground_truth/eval.csv", ["fname", "labels", "mids"], eval_rows)
+    # vocabulary.csv: index,label,mid without a header; classes beyond the ones used, too.
+    labels = sorted({label for spec in specs for label in spec[1].split(",")} | {"Accordion", "Zipper_(clothing)"})
+    with open(root / "FSD50K.ground_truth/vocabulary.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows([k, label, f"/m/{k:05d}"] for k, label in enumerate(labels))
     (root / "FSD50K.metadata").mkdir(parents=True, exist_ok=True)
     (root / "FSD50K.metadata/dev_clips_info_FSD50K.json").write_text(json.dumps(dev_info))
     (root / "FSD50K.metadata/eval_clips_info_FSD50K.json").write_text(json.dumps(eval_info))
@@ -379,6 +412,7 @@ def make_desed(root: Path) -> Layout:
 
 MAKERS = {
     "audiocaps": make_audiocaps,
+    "audiocaps_2": lambda root: make_audiocaps_clone(root)[1],
     "clotho": make_clotho,
     "clotho_2022": make_clotho_2022,
     "macs": make_macs,

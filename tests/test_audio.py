@@ -97,3 +97,19 @@ def test_non_finite_samples_are_an_error(tmp_path):
     sf.write(tmp_path / "nan.wav", np.array([0.0, np.nan, 0.1], np.float32), 16000, subtype="FLOAT")
     with pytest.raises(audio.AudioDecodeError, match="NaN"):
         audio.load(tmp_path / "nan.wav", 16000)
+
+
+def test_clipped_peak_says_whether_to_pcm16_clips():
+    assert audio.clipped_peak(np.array([-1.0, 0.5, 32767 / 32768], np.float32)) is None  # int16's range
+    assert audio.clipped_peak(np.array([0.2, 1.25, -0.3], np.float32)) == 1.25
+    assert audio.clipped_peak(np.array([-1.5, 0.1], np.float32)) == 1.5
+    assert audio.clipped_peak(np.zeros(0, np.float32)) is None
+    rng = np.random.default_rng(0)
+    for scale in (0.9, 1.0, 1.0001, 1.3):
+        x = (rng.uniform(-1, 1, 1000) * scale).astype(np.float32)
+        ints = np.rint(x.astype(np.float64) * 32768)
+        clips = bool(np.any((ints > 32767) | (ints < -32768)))
+        peak = audio.clipped_peak(x)
+        assert (peak is not None) == clips, scale
+        if clips:
+            assert peak == float(np.max(np.abs(x.astype(np.float64))))

@@ -74,10 +74,14 @@ def test_stream_through_audioread_carries_split_frames(tmp_path, monkeypatch):
         return opened[-1]
 
     monkeypatch.setattr(audioread, "audio_open", audio_open)
-    want = audio.load(path, 16000)
+    # The PCM decoded here, whole: the half frame at the end dropped, scaled, downmixed, and
+    # resampled by soxr's one-shot call.
+    frames = np.frombuffer(pcm[: len(pcm) - len(pcm) % 4], "<i2").astype(np.float32) / np.float32(32768.0)
+    want = soxr.resample(frames.reshape(-1, 2).mean(axis=1, dtype=np.float32), 22050, 16000, quality="HQ")
     got = np.concatenate(list(audio.stream(path, 16000, block_frames=64)))
     np.testing.assert_array_equal(got, want)
-    assert all(f.closed for f in opened)
+    np.testing.assert_array_equal(audio.load(path, 16000), want)
+    assert len(opened) == 2 and all(f.closed for f in opened)
 
 
 def test_stream_errors(tmp_path):

@@ -326,3 +326,129 @@ def test_prepare_cli(tmp_path, capsys):
     assert prepare.main(args) == 0  # already prepared: kept
     assert prepare.main(["desed", "--manual_dir", str(tmp_path / "nowhere"), "--data_dir", str(tmp_path)]) == 1
     assert prepare.main(["desed", "--data_dir", str(tmp_path)]) == 1
+
+
+def test_audiocaps_clone_reads_the_papers_release_and_says_so(tmp_path, caplog):
+    # A clone of the AudioCaps repository holds dataset/ (1.0) and dataset2.0/ (2.0).
+    v1, v2 = layouts.make_audiocaps_clone(tmp_path / "clone")
+    for name, layout, folder in (("audiocaps", v1, "dataset"), ("audiocaps_2", v2, "dataset2.0")):
+        b = datasets.builder(name, str(tmp_path / "data"), SR)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            clips = b._read_release(layout.root, builder_base.Report())
+        for split in datasets.SPLITS[name]:
+            by_id = {c.id: c for c in clips[split]}
+            assert set(by_id) == set(layout.clips[split]) | set(layout.skipped.get(split, {})), (name, split)
+            for clip_id, expected in layout.clips[split].items():
+                assert by_id[clip_id].path is not None and by_id[clip_id].features == expected.features
+            for clip_id, reason in layout.skipped.get(split, {}).items():
+                assert (by_id[clip_id].path is None) == (reason == "missing"), (name, clip_id)
+        line = next(r.getMessage() for r in caplog.records if "several AudioCaps releases" in r.getMessage())
+        assert line.endswith(str(layout.root / folder)), line
+        assert ("(the paper's)" in line) == (name == "audiocaps")
+    # One release's folder alone is not read as the other release.
+    shutil.rmtree(v1.root / "dataset")
+    with pytest.raises(builder_base.LayoutError, match=r"found only .*dataset2.0/train.csv, which is "
+                                                       r"AudioCaps 2.0 \(prepare it as audiocaps_2\)"):
+        datasets.builder("audiocaps", str(tmp_path / "data"), SR)._read_release(v1.root, builder_base.Report())
+
+
+def test_clotho_2022_finds_audio_whose_name_has_underscore_for_colon(tmp_path):
+    layout = layouts.make_clotho_2022(tmp_path / "release", colon_names=True)
+    data_dir = str(tmp_path / "data")
+    b = prepare.prepare("clotho_2022", data_dir=data_dir, manual_dir=str(layout.root), sample_rate=SR)
+    elements = _elements("clotho_2022", "test", data_dir)
+    assert set(elements) == set(layout.clips["test"])
+    for name in ("raindrops on metal: police background.wav", "Night: crickets.wav"):
+        expected = layout.clips["test"][name]
+        assert _decoded_features(b, elements[name]) == expected.features, name
+        _check_audio(name, elements[name]["audio"], expected)
+    report = json.loads((b.data_path / builder_base.REPORT_FILENAME).read_text())["splits"]["test"]
+    assert {s["id"] for s in report["skipped"]} == {"lost.wav"}
+    assert report["notes"]["file names matched with '_' for ':'"] == 2
+    assert "ground-truth clips not in retrieval_audio_metadata.csv (kept)" not in report["notes"]
+
+
+def test_duplicate_rows_are_refused_before_decoding(tmp_path, monkeypatch):
+    decoded = []
+    real_load = builder_base.audio.load
+    monkeypatch.setattr(builder_base.audio, "load", lambda *a: decoded.append(a) or real_load(*a))
+
+    def refused(name, layout, match):
+        with pytest.raises(ValueError, match=match) as error:
+            prepare.prepare(name, data_dir=str(tmp_path / name / "data"), manual_dir=str(layout.root),
+                            sample_rate=SR)
+        assert "\n" not in str(error.value) and "Two examples" not in str(error.value)
+        assert not decoded
+
+    layout = layouts.make_clotho(tmp_path / "clotho" / "release")
+    table = layout.root / "clotho_captions_development.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines + [lines[1]]) + "\n")  # the first clip again, as line 5
+    refused("clotho", layout, r"clotho_captions_development.csv: line 2 and line 5 both list the clip "
+                              r"'Santa Motor, 2.wav' \(clotho development\); remove one")
+    layout = layouts.make_esc50(tmp_path / "esc50" / "release")
+    table = layout.root / "meta/esc50.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:3] + [lines[2]] + lines[3:]) + "\n")
+    refused("esc50", layout, r"esc50.csv: line 3 and line 4 both list the clip '2-109505-A-21.wav'")
+    # FSD50K: also a clip listed in dev's train and in its val.
+    layout = layouts.make_fsd50k(tmp_path / "fsd50k" / "release")
+    table = layout.root / "FSD50K.ground_truth/dev.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines + [lines[1].rsplit(",", 1)[0] + ",val"]) + "\n")
+    refused("fsd50k", layout, r"dev.csv: line 2 and line 7 both list the clip '64760'")
+
+
+def test_fsd50k_labels_are_checked_against_the_vocabulary(tmp_path):
+    layout = layouts.make_fsd50k(tmp_path / "release")
+    table = layout.root / "FSD50K.ground_truth/dev.csv"
+    table.write_text(table.read_text().replace("Rain,Water", "Rain,Watr"))
+    with pytest.raises(ValueError, match=r"dev.csv line 4: label 'Watr' of clip '5000' is not one of the "
+                                         r"\d+ classes of .*FSD50K.ground_truth/vocabulary.csv"):
+        prepare.prepare("fsd50k", data_dir=str(tmp_path / "data"), manual_dir=str(layout.root), sample_rate=SR)
+
+
+def test_metadata_in_windows_1252_keeps_its_typographic_characters(tmp_path, caplog):
+    table = tmp_path / "captions.csv"
+    table.write_bytes(b"file_name,caption_1\na.wav,\x93Rain\x94 \x96 it costs 5\x80\n")
+    with caplog.at_level(logging.WARNING):
+        rows = builder_base.read_table(table, ("file_name", "caption_1"))
+    assert rows == [{"file_name": "a.wav", "caption_1": "\u201cRain\u201d \u2013 it costs 5\u20ac"}]
+    assert "captions.csv is not UTF-8; reading it as Windows-1252" in caplog.text
+    # A byte that Windows-1252 leaves undefined (0x81): Latin-1, as before.
+    table.write_bytes(b"file_name,caption_1\na.wav,x\x81y\n")
+    assert builder_base.read_table(table, ("file_name",))[0]["caption_1"] == "x\x81y"
+    table.write_text("file_name,caption_1\na.wav,\u201cRain\u201d\n", encoding="utf-8-sig")
+    assert builder_base.read_table(table, ("file_name",))[0]["caption_1"] == "\u201cRain\u201d"
+
+
+def test_too_short_clips_are_skipped_and_clipping_is_counted(tmp_path, caplog):
+    import soxr
+
+    layout = layouts.make_esc50(tmp_path / "release")
+    # One sample at 44.1 kHz resamples to none at 16 kHz.
+    short = "1-100032-A-0.wav"
+    layouts.sf.write(layout.root / "audio" / short, np.full(1, 0.1, np.float32), 44100, subtype="PCM_16")
+    # A float WAV beyond full scale (peak 1.6).
+    loud = "2-109505-A-21.wav"
+    layouts.write_tone(layout.root / "audio" / loud, layouts.Tone(44100, (440.0,), amp=1.6), subtype="FLOAT")
+    data_dir = str(tmp_path / "data")
+    with caplog.at_level(logging.INFO):
+        b = prepare.prepare("esc50", data_dir=data_dir, manual_dir=str(layout.root), sample_rate=SR)
+    report = json.loads((b.data_path / builder_base.REPORT_FILENAME).read_text())["splits"]["train"]
+    assert {s["id"]: s["reason"] for s in report["skipped"]} == {short: "too short", **layout.skipped["train"]}
+    assert report["skipped_by_reason"]["too short"] == 1
+    assert report["prepared"] == len(layout.clips["train"]) - 1
+    assert report["notes"] == {"clips with samples clipped at int16 full scale": 1}
+    elements = _elements("esc50", "train", data_dir)
+    assert short not in elements
+    # The stored clip: the file resampled (soxr HQ directly), rounded and clipped to int16.
+    source, rate = layouts.sf.read(layout.root / "audio" / loud, dtype="float32")
+    resampled = soxr.resample(source, rate, SR, quality="HQ")
+    want = np.clip(np.rint(resampled.astype(np.float64) * 32768), -32768, 32767)
+    np.testing.assert_array_equal(elements[loud]["audio"], want)
+    peak = float(np.max(np.abs(resampled)))
+    assert peak > 1.5
+    assert (f"esc50 train: 1 clips had samples beyond int16 full scale, clipped to it (worst peak {peak:.3f}, "
+            f"{20 * np.log10(peak):+.1f} dBFS, in {loud})") in caplog.text

@@ -79,6 +79,10 @@ def _to_hwio(tree):
         tree)
 
 
+def _nnx_state(tree):
+    return nnx.State(jax.tree.map(nnx.Param, tree))
+
+
 @pytest.mark.parametrize("nnx_layout", [False, True], ids=["plain", "nnx-leaves"])
 def test_hwio_kernel_checkpoint_resumes(tmp_path, nnx_layout):
     # A conv kernel [out, kh, kw, in] = [6, 3, 3, 4], a dense kernel and a bias, with Adam's
@@ -97,7 +101,12 @@ def test_hwio_kernel_checkpoint_resumes(tmp_path, nnx_layout):
     saved = _to_hwio(current)
     assert saved.params["audio_encoder"]["conv"]["kernel"].shape == (3, 3, 4, 6)
     if nnx_layout:
-        saved = ckpt_lib._legacy_layout(saved)
+        # As code before the plain-dict state held it: nnx.State of Param variables, and
+        # Adam's moments likewise (what tx.init of such a State gives).
+        adam, scale = saved.opt_state
+        saved = step_lib.TrainState(
+            step=saved.step, params=_nnx_state(saved.params), batch_stats=nnx.State({}),
+            opt_state=(adam._replace(mu=_nnx_state(adam.mu), nu=_nnx_state(adam.nu)), scale))
     checkpoints = ckpt_lib.Checkpoints(tmp_path, keep=2, best_metric=None)
     checkpoints.save(5, saved, {"epoch": 1}, force=True)
     checkpoints.wait()

@@ -142,6 +142,18 @@ class ResNetConfig:
         return 2 ** (len(self.blocks) + 1)
 
     @property
+    def context_frames(self) -> int:
+        """Input frames on either side of the `downsampling` frames that one time step of
+        `ResNet.frame_features` pools which can still change it: the reach of the 3x3
+        convolutions (one position each, at their level's scale). Beyond it, a step sees
+        none of the input."""
+        per_block = {"basic": 2, "bottleneck": 1}[self.block]
+        reach = 2  # conv_block1, at the frame rate
+        for index, count in enumerate(self.blocks):
+            reach += count * per_block * 2 ** (index + 1)
+        return reach + 2 * self.downsampling  # conv_block_after1
+
+    @property
     def min_samples(self) -> int:
         """The shortest waveform that leaves one frame after all poolings."""
         return (self.downsampling - 1) * self.frontend.hop_length
@@ -522,8 +534,24 @@ class ResNet(nnx.Module):
         with jax.named_scope("frontend"):
             return self.bn0(self.logmel(waveform))
 
+    def frame_features(self, waveform: jax.Array) -> jax.Array:
+        """[B, N] waveforms -> [B, T', embed_dim]: the features of each time step (of
+        `downsampling` frames) before the global max + mean pooling of `pool_frames`;
+        `pool_frames(frame_features(w))` is `self(w)`. A long clip's steps can be computed
+        in overlapping windows (each step depends on `config.context_frames` frames around
+        its own)."""
+        x = self._features(waveform)
+        if self.spec_augment is not None:
+            with jax.named_scope("spec_augment"):
+                x = self.spec_augment(x)
+        return self._frame_features(x)
+
     def _network(self, x: jax.Array) -> dict[str, jax.Array]:
         """[B, T, mels] features -> the clip embedding and AudioSet outputs."""
+        return self.pool_frames(self._frame_features(x))
+
+    def _frame_features(self, x: jax.Array) -> jax.Array:
+        """[B, T, mels] features -> [B, T', embed_dim] float32, mels averaged."""
         with jax.named_scope("conv_block1"):
             x = x[..., None].astype(self.dtype)  # NHWC with one channel
             x = self.feature_dropout(self.conv_block1(x, pool=True))
@@ -535,9 +563,13 @@ class ResNet(nnx.Module):
             x = self.feature_dropout(_avg_pool_2x2(x))
             x = self.feature_dropout(self.conv_block_after1(x, pool=False))
         with jax.named_scope("pool_fc"):
-            # Global pooling in float32: a mean over mels, then max + mean over time.
-            x = jnp.mean(x.astype(jnp.float32), axis=2)
-            x = jnp.max(x, axis=1) + jnp.mean(x, axis=1)
+            # Global pooling in float32: a mean over mels, then (pool_frames) max + mean over time.
+            return jnp.mean(x.astype(jnp.float32), axis=2)
+
+    def pool_frames(self, frames: jax.Array) -> dict[str, jax.Array]:
+        """[B, T', embed_dim] `frame_features` -> the clip embedding and AudioSet outputs."""
+        with jax.named_scope("pool_fc"):
+            x = jnp.max(frames, axis=1) + jnp.mean(frames, axis=1)
             x = self.pooled_dropout(x.astype(self.dtype))
             x = nnx.relu(self.fc1(x))
             clipwise = nnx.sigmoid(self.fc_audioset(x))

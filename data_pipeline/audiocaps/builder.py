@@ -15,6 +15,12 @@ id that equals its stem, or the longest prefix of its stem ending before an unde
 (ids themselves may contain "_" and "-"), with or without a leading "Y". When one id has
 several files, one in a folder named after the split (train; val, valid or validation;
 test) wins, then lossless formats. Clips without a file are skipped and listed.
+
+Releases: the repository's `dataset/` is AudioCaps 1.0, the paper's (`audiocaps`);
+`dataset2.0/` is AudioCaps 2.0 (`audiocaps_2`), the same columns over another set of
+clips. Each builder reads its own folder's CSVs when the manual dir holds both (a clone of
+the repository), and says so in a log line; CSVs outside either folder are read by either
+builder, and the other release's folder alone is an error naming it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,42 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
+# The folder of each release's CSVs in the AudioCaps repository, and its builder's name.
+RELEASE_FOLDERS = {"1.0": "dataset", "2.0": "dataset2.0"}
+RELEASE_NAMES = {"1.0": "audiocaps", "2.0": "audiocaps_2"}
+
+
+def find_tables(manual_dir: Path, release: str) -> dict[str, Path]:
+    """split -> the CSV of that split of `release`, "1.0" or "2.0"."""
+    folder = RELEASE_FOLDERS[release]
+    others = {f: r for r, f in RELEASE_FOLDERS.items() if r != release}
+    tables, several = {}, False
+    for split in SPLITS:
+        relpath = f"{split}.csv"
+        direct = Path(manual_dir) / relpath
+        candidates = [direct] if direct.is_file() else builder_base.find_release_files(manual_dir, relpath)
+        if not candidates:
+            builder_base.find_release_file(manual_dir, relpath)  # raises the LayoutError naming it
+        mine = [c for c in candidates if c.parent.name == folder]
+        several = several or len(candidates) > 1
+        if len(candidates) == 1 and candidates[0].parent.name in others:
+            other = others[candidates[0].parent.name]
+            raise builder_base.LayoutError(
+                f"expected release file {Path(manual_dir) / folder / relpath}; found only "
+                f"{candidates[0]}, which is AudioCaps {other} (prepare it as {RELEASE_NAMES[other]})")
+        if len(candidates) == 1:
+            tables[split] = candidates[0]
+        elif len(mine) == 1:
+            tables[split] = mine[0]
+        else:
+            raise builder_base.LayoutError(
+                f"found several copies of {relpath} below {manual_dir}: "
+                + ", ".join(str(c) for c in candidates) + "; point --manual_dir at the one release to use")
+    if several:
+        log.info("%s: %s holds several AudioCaps releases; reading AudioCaps %s%s from %s",
+                 RELEASE_NAMES[release], manual_dir, release, " (the paper's)" if release == "1.0" else "",
+                 ", ".join(sorted({str(t.parent) for t in tables.values()})))
+    return tables
 
 
 def id_candidates(stem: str) -> list[str]:
@@ -59,6 +101,7 @@ def match_files(files, wanted: set[str]) -> dict[str, list[Path]]:
 
 class AudioCaps(builder_base.AudioDatasetBuilder):
     name = "audiocaps"
+    RELEASE = "1.0"
     SPLITS = SPLITS
     DESCRIPTION = "AudioCaps: human-written captions for 10 s AudioSet segments (audio downloaded by the user)."
     HOMEPAGE = "https://audiocaps.github.io/"
@@ -77,7 +120,7 @@ class AudioCaps(builder_base.AudioDatasetBuilder):
         return {"captions": tfds.features.Sequence(tfds.features.Text())}
 
     def _read_release(self, manual_dir: Path, report: builder_base.Report):
-        tables = {split: builder_base.find_release_file(manual_dir, f"{split}.csv") for split in SPLITS}
+        tables = find_tables(manual_dir, self.RELEASE)
         grouped: dict[str, dict[str, list[dict]]] = {}
         for split, table in tables.items():
             by_id: dict[str, list[dict]] = collections.OrderedDict()
@@ -88,8 +131,8 @@ class AudioCaps(builder_base.AudioDatasetBuilder):
         index = builder_base.AudioIndex(manual_dir)
         wanted = {ytid for by_id in grouped.values() for ytid in by_id}
         matches = match_files(index.files, wanted)
-        log.info("audiocaps: %d audio files below %s name %d of the %d clips",
-                 len(index.files), manual_dir, len(matches), len(wanted))
+        log.info("%s: %d audio files below %s name %d of the %d clips",
+                 self.name, len(index.files), manual_dir, len(matches), len(wanted))
 
         clips = {}
         for split, by_id in grouped.items():
@@ -111,3 +154,15 @@ class AudioCaps(builder_base.AudioDatasetBuilder):
                 )
             clips[split] = split_clips
         return clips
+
+
+class AudioCaps2(AudioCaps):
+    name = "audiocaps_2"
+    RELEASE = "2.0"
+    DESCRIPTION = ("AudioCaps 2.0: human-written captions for 10 s AudioSet segments, a larger set than "
+                   "AudioCaps 1.0 (audio downloaded by the user).")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Put train.csv, val.csv and test.csv from https://github.com/cdjkim/audiocaps/tree/master/dataset2.0 "
+        "(or a clone of that repository) and the audio you downloaded (named by YouTube id, in one folder "
+        "or one per split) in one folder and pass it as --manual_dir."
+    )

@@ -59,7 +59,7 @@ class Clotho(builder_base.AudioDatasetBuilder):
             rows = builder_base.read_table(meta, ("file_name", "caption_1"))
             columns = caption_columns(rows[0].keys() if rows else ["caption_1"], meta)
             split_clips = []
-            for row in rows:
+            for line, row in enumerate(rows, 2):
                 name = row["file_name"]
                 captions = builder_base.clean_captions((row.get(c) for c in columns), split, report)
                 if not captions:
@@ -72,6 +72,7 @@ class Clotho(builder_base.AudioDatasetBuilder):
                         path=index.find(name, expected=expected, split_dirs=(split,)),
                         features={"captions": captions},
                         expected=str(expected),
+                        listed_at=(str(meta), f"line {line}"),
                     )
                 )
             clips[split] = split_clips

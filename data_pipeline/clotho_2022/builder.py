@@ -17,6 +17,11 @@ Each element is one clip with the queries that describe it; clips no query descr
 kept with no captions, as retrieval candidates. Queries in retrieval_captions.csv without
 a ground-truth row, and ground-truth captions that are not queries, are counted and logged.
 One split, "test".
+
+The release's metadata spells a few file names with ":" where the unpacked audio file has
+"_" (`raindrops on metal: police background.wav`): a name whose file is missing is looked
+up with "_" for ":" as well, and ground-truth rows may use either spelling. The element id
+stays the metadata's spelling.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ log = logging.getLogger(__name__)
 QUERIES = "retrieval_captions.csv"
 METADATA = "retrieval_audio_metadata.csv"
 AUDIO_DIRS = ("test", "retrieval_audio")
+
+
+def file_spelling(name: str) -> str:
+    """The name the audio file has on disk for a metadata name ("a: b.wav" -> "a_ b.wav")."""
+    return name.replace(":", "_")
 
 
 def _is_ground_truth_name(name: str) -> bool:
@@ -108,6 +118,8 @@ class Clotho2022(builder_base.AudioDatasetBuilder):
 
         queries = collections.Counter(row["caption"].strip() for row in query_rows if row["caption"].strip())
         by_clip: dict[str, list[str]] = collections.OrderedDict((name, []) for name in clip_names)
+        # The metadata name for each on-disk spelling, so ground-truth rows match either.
+        spellings = {file_spelling(name): name for name in clip_names}
         paired = collections.Counter()
         for caption, name in pairs:
             caption = caption.strip()
@@ -116,6 +128,8 @@ class Clotho2022(builder_base.AudioDatasetBuilder):
                 continue
             if caption not in queries:
                 report.note("test", "ground-truth captions that are not queries (kept)")
+            if name not in by_clip and file_spelling(name) in spellings:
+                name = spellings[file_spelling(name)]
             if name not in by_clip:
                 report.note("test", "ground-truth clips not in retrieval_audio_metadata.csv (kept)")
             by_clip.setdefault(name, []).append(caption)
@@ -131,10 +145,16 @@ class Clotho2022(builder_base.AudioDatasetBuilder):
         clips = []
         for name, captions in by_clip.items():
             expected = root / "test" / name
+            path = index.find(name, expected=expected, split_dirs=AUDIO_DIRS)
+            if path is None and file_spelling(name) != name:
+                path = index.find(file_spelling(name), expected=root / "test" / file_spelling(name),
+                                  split_dirs=AUDIO_DIRS)
+                if path is not None:
+                    report.note("test", "file names matched with '_' for ':'")
             clips.append(
                 builder_base.Clip(
                     id=name,
-                    path=index.find(name, expected=expected, split_dirs=AUDIO_DIRS),
+                    path=path,
                     features={"captions": captions},
                     expected=str(expected),
                 )

@@ -3,6 +3,8 @@ labels and its uploader's description joined into one caption.
 
 Layout: `FSD50K.ground_truth/dev.csv` (fname, labels, mids, split; split is "train" for
 36,796 clips and "val" for 4,170) and `eval.csv` (fname, labels, mids; 10,231 clips),
+`FSD50K.ground_truth/vocabulary.csv` (index, label, mid without a header: the 200 classes;
+a label of dev.csv or eval.csv not in it is an error naming the row),
 `FSD50K.metadata/{dev,eval}_clips_info_FSD50K.json` (per fname: title, description, tags,
 license, uploader) and the audio in `FSD50K.dev_audio/` and `FSD50K.eval_audio/`
 (<fname>.wav, 44.1 kHz, 16-bit mono). Splits: "train" and "val" from dev.csv's split
@@ -11,7 +13,9 @@ column, "test" from eval.csv. Every element has one caption and the raw label na
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import re
 from pathlib import Path
@@ -26,6 +30,7 @@ CLIPS_INFO = {
     "dev": "FSD50K.metadata/dev_clips_info_FSD50K.json",
     "eval": "FSD50K.metadata/eval_clips_info_FSD50K.json",
 }
+VOCABULARY = "FSD50K.ground_truth/vocabulary.csv"
 AUDIO_DIRS = {"dev": "FSD50K.dev_audio", "eval": "FSD50K.eval_audio"}
 DEV_SPLITS = {"train": "train", "val": "val"}
 
@@ -75,6 +80,23 @@ def sentence(labels: Sequence[str], description: str) -> str:
     return f"{phrase}. {description[:1].upper() + description[1:]}" if phrase else description
 
 
+def read_vocabulary(path: Path) -> set[str]:
+    """The class labels of vocabulary.csv (rows index,label,mid; a header row is tolerated)."""
+    labels = set()
+    text = path.read_text(encoding="utf-8-sig")
+    for line, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            raise ValueError(f"{path} line {line}: expected index,label,mid, got {row}")
+        if line == 1 and not row[0].strip().isdigit():
+            continue  # a header
+        labels.add(row[1].strip())
+    if not labels:
+        raise ValueError(f"{path} lists no classes")
+    return labels
+
+
 class Fsd50k(builder_base.AudioDatasetBuilder):
     name = "fsd50k"
     SPLITS = ("train", "val", "test")
@@ -103,6 +125,8 @@ class Fsd50k(builder_base.AudioDatasetBuilder):
     def _read_release(self, manual_dir: Path, report: builder_base.Report):
         tables = {part: builder_base.find_release_file(manual_dir, rel) for part, rel in GROUND_TRUTH.items()}
         infos = {part: builder_base.find_release_file(manual_dir, rel) for part, rel in CLIPS_INFO.items()}
+        vocabulary_file = builder_base.find_release_file(manual_dir, VOCABULARY)
+        vocabulary = read_vocabulary(vocabulary_file)
         root = builder_base.release_root(tables["dev"], GROUND_TRUTH["dev"])
         index = builder_base.AudioIndex(manual_dir)
         clips: dict[str, list[builder_base.Clip]] = {"train": [], "val": [], "test": []}
@@ -112,7 +136,13 @@ class Fsd50k(builder_base.AudioDatasetBuilder):
             except json.JSONDecodeError as e:
                 raise ValueError(f"{infos[part]} is not valid JSON: {e}") from e
             required = ("fname", "labels", "split") if part == "dev" else ("fname", "labels")
+            listed: dict[str, int] = {}
             for line, row in enumerate(builder_base.read_table(tables[part], required), 2):
+                # Also across dev's train and val: one clip in both would leak between them.
+                first = listed.setdefault(row["fname"], line)
+                if first != line:
+                    raise ValueError(f"{tables[part]}: line {first} and line {line} both list the clip "
+                                     f"{row['fname']!r}; remove one of the two rows")
                 if part == "dev":
                     if row["split"] not in DEV_SPLITS:
                         raise ValueError(f"{tables[part]} line {line}: split {row['split']!r} is not train or val")
@@ -120,6 +150,10 @@ class Fsd50k(builder_base.AudioDatasetBuilder):
                 else:
                     split = "test"
                 labels = [label.strip() for label in row["labels"].split(",") if label.strip()]
+                unknown = [label for label in labels if label not in vocabulary]
+                if unknown:
+                    raise ValueError(f"{tables[part]} line {line}: label {unknown[0]!r} of clip {row['fname']!r} "
+                                     f"is not one of the {len(vocabulary)} classes of {vocabulary_file}")
                 clip_info = info.get(row["fname"])
                 if clip_info is None:
                     report.note(split, "clips without an entry in the clips-info JSON (caption from labels only)")
@@ -137,6 +171,7 @@ class Fsd50k(builder_base.AudioDatasetBuilder):
                         path=index.find(expected.name, expected=expected, split_dirs=(AUDIO_DIRS[part],)),
                         features={"captions": [caption], "labels": labels},
                         expected=str(expected),
+                        listed_at=(str(tables[part]), f"line {line}"),
                     )
                 )
         return clips

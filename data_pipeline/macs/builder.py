@@ -67,12 +67,13 @@ class Macs(builder_base.AudioDatasetBuilder):
         root = meta.parent
         index = builder_base.AudioIndex(manual_dir)
         clips = []
-        for name, sentences in read_macs_yaml(meta):
+        for k, (name, sentences) in enumerate(read_macs_yaml(meta)):
             captions = builder_base.clean_captions(sentences, "train", report)
             if not captions:
                 report.skip("train", name, "no captions")
                 continue
             expected = root / "audio" / name
             path = index.find(name, expected=expected, split_dirs=TAU_AUDIO)
-            clips.append(builder_base.Clip(id=name, path=path, features={"captions": captions}, expected=str(expected)))
+            clips.append(builder_base.Clip(id=name, path=path, features={"captions": captions}, expected=str(expected),
+                                           listed_at=(str(meta), f"files[{k}]")))
         return {"train": clips}
