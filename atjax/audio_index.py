@@ -28,7 +28,6 @@ rest from the stored vectors (atjax.search).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import io
 import json
 import logging
@@ -39,6 +38,8 @@ import sqlite3
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from atjax import folder_lock
 
 log = logging.getLogger("atjax.audio_index")
 
@@ -396,13 +397,11 @@ class AudioIndex:
 
     @staticmethod
     def _lock(path: pathlib.Path) -> int:
-        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise IndexBusyError(f"{path} is being written by another process") from None
-        return fd  # the kernel drops the lock when the process dies, SIGKILL included
+        try:  # the kernel drops the lock when the process dies, SIGKILL included
+            return folder_lock.lock(path / LOCK_NAME)
+        except folder_lock.LockHeldError as e:
+            raise IndexBusyError(f"{path} is being written by another process "
+                                 f"({e.holder})") from None
 
     def close(self) -> None:
         self._db.close()

@@ -4,17 +4,32 @@ Layout of a workdir:
   config.json            the resolved experiment config (written once)
   checkpoints/<step>/    periodic: train state + input position (keep the latest N)
   best/<step>/           the best by the validation metric (keep 1), same items
+  checkpoints/<step>.damaged/  a damaged step that a resumed run passed over (kept aside)
 The input position is saved in the same checkpoint as the state, so a resumed run sees
 exactly the examples it would have seen.
+
+Each step directory gets a digest once orbax has finished it: atjax_digest.json, the size
+and SHA-256 of every file in it. A restore verifies the digest first, then restores, then
+checks that every float leaf is finite; a step that fails any of these is damaged
+(CheckpointDamagedError, naming the file or leaves), and `restore_latest` falls back to
+the newest intact step. A step without a digest (saved by an older atjax, or stopped
+between orbax's finalize and the digest's write) is verified by the restore and the
+finiteness check alone, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import pathlib
+import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
@@ -23,6 +38,115 @@ from atjax.encoders import panns
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose saved state does not fit the model being restored into."""
+
+
+class CheckpointDamagedError(ValueError):
+    """A checkpoint (or export bundle) whose files do not match their digest, that orbax
+    cannot read, or that holds non-finite values."""
+
+
+DIGEST_FILE = "atjax_digest.json"
+_DIGEST_FORMAT = 1
+
+
+def _files(directory: pathlib.Path) -> list[str]:
+    """Every file under `directory` but the digest, as sorted relative POSIX paths."""
+    found = []
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        for name in names:
+            path = pathlib.Path(root, name)
+            relative = path.relative_to(directory).as_posix()
+            if relative != DIGEST_FILE and not relative.startswith(DIGEST_FILE + "."):
+                found.append(relative)
+    return sorted(found)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_digest(directory: str | pathlib.Path) -> None:
+    """Writes `directory`/atjax_digest.json: the size and SHA-256 of every file in it. Via
+    a temporary file and a rename, so that a digest is whole or absent."""
+    directory = pathlib.Path(directory)
+    files = {name: {"size": (directory / name).stat().st_size,
+                    "sha256": _sha256(directory / name)} for name in _files(directory)}
+    tmp = directory / (DIGEST_FILE + ".tmp")
+    tmp.write_text(json.dumps({"format": _DIGEST_FORMAT, "files": files}, indent=1))
+    tmp.replace(directory / DIGEST_FILE)
+
+
+def _digest_problems(directory: pathlib.Path) -> list[str] | None:
+    """What differs from `directory`'s digest (empty: nothing), None without a readable
+    digest. Files the digest does not list are not read."""
+    try:
+        files = json.loads((directory / DIGEST_FILE).read_text())["files"]
+        entries = [(str(name), int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        logging.warning("%s is unreadable (%s): verified as if there were no digest",
+                        directory / DIGEST_FILE, error)
+        return None
+    problems = []
+    for name, size, sha256 in entries:
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{name} has {path.stat().st_size} bytes, its digest says {size}")
+        elif _sha256(path) != sha256:
+            problems.append(f"{name} does not match its SHA-256 digest")
+    return problems
+
+
+def _listed(problems: list[str]) -> str:
+    return "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more files"
+                                      if len(problems) > 3 else "")
+
+
+def verify_digest(directory: str | pathlib.Path) -> bool:
+    """True when every file that `directory`'s digest lists is there with its size and
+    SHA-256; False when there is no readable digest. Raises CheckpointDamagedError naming
+    the files that are missing or differ."""
+    directory = pathlib.Path(directory)
+    problems = _digest_problems(directory)
+    if problems:
+        raise CheckpointDamagedError(f"{directory} is damaged: {_listed(problems)}")
+    return problems is not None
+
+
+def _write_digests(directories: list[pathlib.Path]) -> None:
+    for directory in directories:
+        try:
+            write_digest(directory)
+        except OSError as error:  # e.g. a full disk, or retention removed the step
+            logging.warning("could not write the digest of %s (%s): it will be verified "
+                            "only by being restored", directory, error)
+
+
+def non_finite_leaves(tree: Any) -> list[str]:
+    """The paths of the float leaves of `tree` that hold a NaN or an infinity."""
+    named = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not named:
+        return []
+    # One reduction per leaf on the devices, where the arrays are (sharded or not): only
+    # a flag per leaf comes back to the host.
+    finite = jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))(
+        [x for _, x in named])
+    return [name for (name, _), ok in zip(named, np.asarray(jax.device_get(finite))) if not ok]
+
+
+def _everywhere(ok: bool) -> bool:
+    """`ok` of every process, all true: every process restores the same step, even where
+    one of them read a damaged file that the others' shards did not need."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
 class Checkpoints:
@@ -34,6 +158,9 @@ class Checkpoints:
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
             item_names=("state", "input"))
+        self._undigested: dict[str, list[int]] = {}  # by manager: steps saved, no digest yet
+        self._hashing: threading.Thread | None = None
+        self._keep = keep
         self.best = None
         if best_metric:
             self.best = ocp.CheckpointManager(
@@ -48,8 +175,38 @@ class Checkpoints:
         return ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   input=ocp.args.JsonSave(input_state or {}))
 
+    def _write_digests(self, *names: str, background: bool = False) -> None:
+        """Waits for the saves in flight of the managers `names` ("latest", "best"), then
+        writes the digest of each step they saved that has none yet (on process 0: the
+        step directories are shared). With `background`, on a thread that the next call
+        waits for: the training loop goes on while the files are read again."""
+        if self._hashing is not None:
+            self._hashing.join()
+            self._hashing = None
+        todo = []
+        for name in names:
+            manager = getattr(self, name)
+            if manager is None:
+                continue
+            manager.wait_until_finished()
+            for step in self._undigested.pop(name, ()):
+                directory = pathlib.Path(manager.directory) / str(step)
+                # A step that orbax did not finalize, or already removed (retention).
+                if jax.process_index() == 0 and directory.is_dir():
+                    todo.append(directory)
+        if todo and background:
+            self._hashing = threading.Thread(target=_write_digests, args=(todo,),
+                                             name="atjax-digests", daemon=True)
+            self._hashing.start()
+        elif todo:
+            _write_digests(todo)
+
     def save(self, step: int, state: Any, input_state: dict | None, *, force: bool = False):
-        self.latest.save(step, args=self._args(state, input_state), force=force)
+        # orbax's save waits for the previous one anyway; that step's digest is written
+        # meanwhile, unless this save's retention may remove it (keep=1).
+        self._write_digests("latest", background=self._keep > 1)
+        if self.latest.save(step, args=self._args(state, input_state), force=force):
+            self._undigested.setdefault("latest", []).append(step)
 
     def save_best(self, step: int, state: Any, input_state: dict | None,
                   metrics: dict[str, float]) -> None:
@@ -59,7 +216,9 @@ class Checkpoints:
             # Written by an interrupted run that a resumed one has caught up with: the same
             # step of a deterministic run is the same state.
             return
-        self.best.save(step, args=self._args(state, input_state), metrics=metrics)
+        self._write_digests("best")
+        if self.best.save(step, args=self._args(state, input_state), metrics=metrics):
+            self._undigested.setdefault("best", []).append(step)
 
     def best_step(self) -> int | None:
         """The step of the best checkpoint (None without one)."""
@@ -73,37 +232,131 @@ class Checkpoints:
         return self.latest.latest_step()
 
     def restore(self, step: int, abstract_state: Any, *, best: bool = False):
-        """Returns (state, input_state) with the shardings of `abstract_state`."""
-        manager = self.best if best else self.latest
+        """Returns (state, input_state) with the shardings of `abstract_state`.
 
+        Raises CheckpointDamagedError if the step's files do not match its digest, orbax
+        cannot read it, or it holds non-finite values; CheckpointMismatchError if it is
+        readable but its saved shapes differ from `abstract_state`'s (another model)."""
+        manager = self.best if best else self.latest
+        where = f"step {step} in {manager.directory}"
+        directory = pathlib.Path(manager.directory) / str(step)
+        failure = None
+        try:
+            # The digest first: a damaged file must neither reach orbax (whose errors on
+            # one would read as another model's checkpoint) nor be restored as values.
+            if directory.is_dir() and not _files(directory):
+                raise CheckpointDamagedError(f"{where} is damaged: its directory is empty")
+            problems = _digest_problems(directory)
+            if problems:
+                raise CheckpointDamagedError(f"{where} is damaged: {_listed(problems)}")
+            state, input_state = self._read(manager, step, abstract_state, where)
+        except CheckpointDamagedError as error:
+            failure = error
+        # Agreed before the finiteness check, a computation that every process joins.
+        if not _everywhere(failure is None):
+            raise failure or CheckpointDamagedError(
+                f"{where} is damaged: another process could not restore it")
+        bad = non_finite_leaves(state)
+        if bad:
+            raise CheckpointDamagedError(
+                f"{where} is damaged: non-finite values in {len(bad)} leaves: "
+                + ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
+        if problems is None:
+            logging.warning("%s carries no digest (saved by an older atjax, or stopped before "
+                            "its digest was written): it is verified only by being restored, "
+                            "with finite values", where)
+        logging.info("restored step %d from %s", step, manager.directory)
+        return state, input_state
+
+    def _read(self, manager, step: int, abstract_state: Any, where: str):
         def attempt(target):
             return manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), input=ocp.args.JsonRestore()))
 
         # A run saved by older code resumes rather than losing its progress: its state is
         # tried in each older layout (OLDER_LAYOUTS) after the current one fails, and
-        # converted; a checkpoint that fits none gets the current layout's error.
+        # converted. A checkpoint that fits none is of another model when its metadata
+        # says which leaves differ; otherwise orbax could not read it: it is damaged.
         try:
             restored = attempt(abstract_state)
             state = restored.state
-        except ValueError as error:
+        except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds
             for name, saved_form, to_current in OLDER_LAYOUTS:
                 try:
                     restored = attempt(saved_form(abstract_state))
-                except ValueError:
+                except Exception:  # noqa: BLE001
                     continue
                 state = to_current(restored.state)
                 logging.warning("step %d of %s was saved in an older layout (%s); restored "
                                 "it into the current one", step, manager.directory, name)
                 break
             else:
-                raise CheckpointMismatchError(self._mismatch(manager, step, abstract_state,
-                                                             error)) from None
-        logging.info("restored step %d from %s", step, manager.directory)
-        return state, dict(restored.input or {})
+                diffs = self._diffs(manager, step, abstract_state)
+                if diffs:
+                    raise CheckpointMismatchError(self._mismatch(manager, step, diffs,
+                                                                 error)) from None
+                root = error  # tensorstore's own error says which file and how
+                while root.__cause__ is not None:
+                    root = root.__cause__
+                detail = (str(root).splitlines() or [""])[0][:300]
+                raise CheckpointDamagedError(f"{where} is damaged: orbax cannot read it "
+                                             f"({type(root).__name__}: {detail})") from None
+        input_state = restored.input
+        if input_state is not None and not isinstance(input_state, dict):
+            raise CheckpointDamagedError(f"{where} is damaged: its input position is "
+                                         f"{type(input_state).__name__}, not an object")
+        return state, dict(input_state or {})
+
+    def restore_latest(self, abstract_state: Any):
+        """(step, state, input_state) of the newest intact step of checkpoints/, None if
+        there is none at all. Each newer damaged step gets a warning naming the damage;
+        with no intact step, CheckpointDamagedError names every damaged one."""
+        damaged = []
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                state, input_state = self.restore(step, abstract_state)
+            except CheckpointDamagedError as error:
+                logging.warning("%s; trying the step before it", error)
+                damaged.append(str(error))
+                continue
+            if damaged:
+                logging.warning("restored step %d of %s, the newest intact one; %d newer "
+                                "steps are damaged", step, self.latest.directory, len(damaged))
+            return step, state, input_state
+        if damaged:
+            raise CheckpointDamagedError(
+                f"no intact checkpoint in {self.latest.directory}, nothing restored: "
+                + " | ".join(damaged) + ". Restore the files from a copy, or move the "
+                "step directories away to train from scratch")
+        return None
+
+    def set_aside_after(self, step: int) -> list[pathlib.Path]:
+        """Renames the steps of checkpoints/ after `step` (the damaged ones that
+        `restore_latest` passed over) to <step>.damaged, which orbax does not count: the
+        resumed run writes those steps again, and the damaged files stay for inspection.
+        A collective across processes; returns the new paths."""
+        later = [s for s in self.latest.all_steps() if s > step]
+        moved = []
+        root = pathlib.Path(self.latest.directory)
+        for s in later:
+            target = root / f"{s}.damaged"
+            n = 1
+            while target.exists():
+                target, n = root / f"{s}.damaged-{n}", n + 1
+            moved.append(target)
+            if jax.process_index() == 0:
+                (root / str(s)).rename(target)
+                logging.warning("moved damaged step %d to %s (delete it to free the space)",
+                                s, target)
+        if later:
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+                multihost_utils.sync_global_devices("atjax_set_aside_damaged_steps")
+            self.latest.reload()
+        return moved
 
     @staticmethod
-    def _mismatch(manager, step: int, abstract_state: Any, error: Exception) -> str:
+    def _diffs(manager, step: int, abstract_state: Any) -> list[str]:
         """What does not fit, leaf by leaf, as far as the checkpoint's metadata says."""
         try:
             saved = manager.item_metadata(step)["state"]
@@ -116,22 +369,27 @@ class Checkpoints:
                         jax.tree_util.tree_leaves_with_path(tree, is_leaf=has_shape)}
 
             got, want = shapes(saved), shapes(abstract_state)
-            diffs = [f"{k}: saved {got.get(k, 'absent')}, model {want.get(k, 'absent')}"
-                     for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)]
-        except Exception:  # noqa: BLE001 - the metadata is a help, not a requirement
-            diffs = []
+            if not got:  # no metadata to compare: nothing says it is another model
+                return []
+            return [f"{k}: saved {got.get(k, 'absent')}, model {want.get(k, 'absent')}"
+                    for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)]
+        except Exception:  # noqa: BLE001 - unreadable metadata names no leaves
+            return []
+
+    @staticmethod
+    def _mismatch(manager, step: int, diffs: list[str], error: Exception) -> str:
         listed = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         return (f"step {step} in {manager.directory} does not fit the model this config builds"
-                f"{': ' + listed if diffs else ''}. The workdir holds a run of another model "
+                f": {listed}. The workdir holds a run of another model "
                 f"config: resume it with the config.json beside it, or train in a new workdir. "
                 f"(orbax: {str(error).splitlines()[0][:300]})")
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        if self.best is not None:
-            self.best.wait_until_finished()
+        """Waits for the saves in flight and writes their digests."""
+        self._write_digests("latest", "best")
 
     def close(self) -> None:
+        self._write_digests("latest", "best")
         self.latest.close()
         if self.best is not None:
             self.best.close()

@@ -32,9 +32,17 @@ class ConfigError(ValueError):
 def _load_module(path: pathlib.Path):
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.suffix != ".py":
+        raise ConfigError(f"config file {path} is not a Python file (.py) defining "
+                          "get_config(arg=None)")
     spec = importlib.util.spec_from_file_location(f"_atjax_config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"config file {path} cannot be imported as Python")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path}, line {e.lineno}: {e.msg}") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(arg=None)")
     return module
@@ -88,11 +96,15 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Loads `path.py[:arg]` and applies `field=value` overrides (same syntax as the CLIs).
 
-    Raises ConfigError naming any unknown field.
+    Raises ConfigError naming any unknown field, a file that is not a Python config, or
+    an argument the config file refuses.
     """
     path, _, arg = spec.partition(":")
     module = _load_module(pathlib.Path(path))
-    config = module.get_config(arg or None)
+    try:
+        config = module.get_config(arg or None)
+    except ValueError as e:  # the config file's own check of its argument
+        raise ConfigError(str(e)) from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
     config.lock()
@@ -118,6 +130,12 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{field} must be an integer >= {least}, got {value!r}"
                               + (" (0 turns evaluation off; checkpoints and logs cannot be)"
                                  if field.endswith("_every_steps") else ""))
+    # orbax would keep none with 0 (the run ends with nothing to resume or export from)
+    # and fail on a negative count.
+    keep = config.get("keep_checkpoints", 1)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise ConfigError(f"keep_checkpoints must be an integer >= 1, got {keep!r} (the "
+                          "number of latest checkpoints kept in <workdir>/checkpoints)")
 
 
 def split_config_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:

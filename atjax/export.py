@@ -5,6 +5,7 @@ A bundle is a folder:
   config.json        the experiment config (model fields used to rebuild the network)
   params/            orbax checkpoint of {"params", "batch_stats"} (float32)
   tokenizer/         the text encoder's tokenizer files and Hugging Face config.json
+  atjax_digest.json  size and SHA-256 of every other file, verified by `atjax.load`
 `atjax.load(path)` accepts a bundle or a training workdir (best checkpoint if any, else the
 latest) and returns an `atjax.inference.Embedder`.
 """
@@ -68,11 +69,21 @@ def _restore_workdir(workdir: pathlib.Path):
     checkpoints = ckpt_lib.Checkpoints(
         workdir, keep=1 << 30, best_metric=(config.get("best_metric") or "best_metric")
         if use_best else None, best_mode=config.get("best_mode") or "max")
-    step = checkpoints.best_step() if use_best else checkpoints.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{workdir} holds no checkpoint (checkpoints/ or best/)")
-    state, _ = checkpoints.restore(step, abstract, best=use_best)
-    checkpoints.close()
+    try:
+        if use_best:
+            step = checkpoints.best_step()
+            try:
+                state, _ = checkpoints.restore(step, abstract, best=True)
+            except ckpt_lib.CheckpointDamagedError as e:
+                raise ckpt_lib.CheckpointDamagedError(
+                    f"{e}; move {best} away to use the latest checkpoint instead") from None
+        else:  # the newest intact step, a warning naming each newer, damaged one
+            found = checkpoints.restore_latest(abstract)
+            if found is None:
+                raise FileNotFoundError(f"{workdir} holds no checkpoint (checkpoints/ or best/)")
+            step, state, _ = found
+    finally:
+        checkpoints.close()
     # A fresh `rest` (RNG streams, fixed temperature): eval mode never draws from the RNGs.
     model = model_lib.build(config.model, seed=config.seed)
     *_, rest = step_lib.split_model(model)
@@ -116,6 +127,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path
     (tmp / "config.json").write_text(bundle_config.to_json_best_effort(indent=2))
     (tmp / MARKER).write_text(json.dumps({"format": BUNDLE_FORMAT, "step": step,
                                           "workdir": str(workdir.absolute())}, indent=2))
+    ckpt_lib.write_digest(tmp)  # last: it covers every other file
     tmp.rename(out)  # a bundle either exists whole or not at all
     return out
 
@@ -131,6 +143,11 @@ def _misshaped(tree, target) -> list[str]:
 
 
 def _load_bundle(bundle: pathlib.Path) -> inference.Embedder:
+    # A file that does not match the digest is an error naming it (CheckpointDamagedError).
+    digested = ckpt_lib.verify_digest(bundle)
+    if not digested:
+        logging.warning("%s carries no digest (exported by an older atjax): it is verified "
+                        "only by its parameters being finite", bundle)
     meta = json.loads((bundle / MARKER).read_text())
     if meta.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{bundle}: bundle format {meta.get('format')} is not supported "
@@ -151,6 +168,11 @@ def _load_bundle(bundle: pathlib.Path) -> inference.Embedder:
         logging.warning("%s holds HWIO conv kernels (exported before 2026-11-26); "
                         "transposed them to OHWI", bundle)
         restored = older
+    bad = ckpt_lib.non_finite_leaves(restored)
+    if bad:
+        raise ckpt_lib.CheckpointDamagedError(
+            f"{bundle} is damaged: non-finite values in {len(bad)} leaves of params/: "
+            + ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
     params, batch_stats = restored["params"], restored["batch_stats"]
     model = model_lib.build(config.model, seed=config.seed)
     *_, rest = step_lib.split_model(model)

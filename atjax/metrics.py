@@ -24,6 +24,18 @@ import numpy as np
 _BLOCK = 1024
 
 
+def check_k(k, name: str = "k") -> int:
+    """`k` as an int; raises ValueError naming `name` unless it is a positive integer (a
+    cutoff of 0 or below has no top ranks to score)."""
+    try:
+        ok = not isinstance(k, (bool, str)) and int(k) == k and k >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+    return int(k)
+
+
 def _check(similarity, relevant, k: int) -> tuple[np.ndarray, np.ndarray, int]:
     similarity = np.asarray(similarity)
     relevant = np.asarray(relevant)
@@ -33,8 +45,7 @@ def _check(similarity, relevant, k: int) -> tuple[np.ndarray, np.ndarray, int]:
         raise ValueError(f"relevant has shape {relevant.shape}, similarity {similarity.shape}")
     if relevant.dtype != bool:
         raise ValueError(f"relevant must be a boolean matrix, got dtype {relevant.dtype}")
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = check_k(k)
     if similarity.shape[0] == 0:
         raise ValueError("no queries")
     if not np.all(np.isfinite(similarity)):
@@ -96,6 +107,13 @@ def retrieval_summary(similarity, relevant, ks=(1, 5, 10), map_k: int = 10) -> d
     """{"R@k": ..., "mAP@map_k": ...} from one ranking (the same numbers as recall_at_k and
     mean_average_precision_at_k, which would each sort again)."""
     ks = tuple(ks)
+    if not ks:
+        raise ValueError("ks is empty: give at least one R@k cutoff")
+    try:
+        ks = tuple(check_k(k) for k in ks)
+    except ValueError:
+        raise ValueError(f"ks must hold positive integers, got {ks!r}") from None
+    map_k = check_k(map_k, "map_k")
     ranked = ranked_relevance(similarity, relevant, max(ks + (map_k,)))
     out = {f"R@{k}": float(ranked[:, :k].any(axis=1).mean()) for k in ks}
     ap = _ap_from_ranked(ranked, np.asarray(relevant).sum(axis=1), map_k)

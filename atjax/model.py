@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from atjax import config as config_lib
 from atjax import dropout as dropout_lib
 from atjax import heads
 from atjax.encoders import panns
@@ -41,9 +42,25 @@ def audio_config(config: ml_collections.ConfigDict) -> panns.ResNetConfig:
         raise ValueError(f"model.audio.arch must be one of {sorted(factories)}, got {a.arch!r}")
     fe = frontend.FrontendConfig(**dict(a.frontend))
     # Configs written before these settings existed lack them: their defaults apply.
+    # A network field left None keeps the architecture's value.
+    network = {k: v for k, v in dict(a.network).items() if v is not None}
     fields = {"batchnorm_one_pass": a.get("batchnorm_one_pass"),
-              "stem_conv": a.get("stem_conv", "conv"), **dict(a.network)}
+              "stem_conv": a.get("stem_conv", "conv"), **network}
     return factories[a.arch](frontend=fe, **fields)
+
+
+def _network_defaults() -> dict:
+    """Every ResNetConfig field `model.audio.network` can override, with the value all
+    architectures share, or None (the architecture's own) where they differ (blocks, block).
+    The frontend, batchnorm_one_pass and stem_conv are settings of `model.audio` itself."""
+    archs = [panns.resnet22(), panns.resnet38(), panns.resnet54()]
+    fields = {}
+    for f in dataclasses.fields(panns.ResNetConfig):
+        if f.name in ("frontend", "batchnorm_one_pass", "stem_conv"):
+            continue
+        values = {getattr(arch, f.name) for arch in archs}
+        fields[f.name] = values.pop() if len(values) == 1 else None
+    return fields
 
 
 def text_config(config: ml_collections.ConfigDict) -> text_lib.TextEncoderConfig:
@@ -158,8 +175,62 @@ class DualEncoder(nnx.Module):
         return self.encode_audio(audio), self.encode_text(input_ids, attention_mask)
 
 
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise config_lib.ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _positive_number(name: str, value) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise config_lib.ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuses a `config.model` block the network cannot be built from, naming the field
+    (ConfigError), before anything is built: a size of 0 would otherwise surface as a
+    division by zero inside JAX's initialisers."""
+    if config.head not in heads.HEADS:
+        raise config_lib.ConfigError(f"model.head must be one of {sorted(heads.HEADS)}, "
+                                     f"got {config.head!r}")
+    _positive_int("model.embed_dim", config.embed_dim)
+    _positive_int("model.text.max_length", config.text.max_length)
+    for name in ("temperature", "clip_seconds", "chunk_seconds"):
+        if config.get(name) is not None:
+            _positive_number(f"model.{name}", config[name])
+    rate = config.head_dropout
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise config_lib.ConfigError(f"model.head_dropout must be in [0, 1), got {rate!r}")
+    for name, value in dict(config.text.get("overrides") or {}).items():
+        # 0 keeps the folder's or preset's value.
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise config_lib.ConfigError(f"model.text.overrides.{name} must be a positive "
+                                         f"integer, or 0 to keep the model's, got {value!r}")
+    bits = config.get("dropout_mask_bits", 32)
+    if isinstance(bits, bool) or bits not in dropout_lib.MASK_BITS:
+        raise config_lib.ConfigError(f"model.dropout_mask_bits must be one of "
+                                     f"{dropout_lib.MASK_BITS}, got {bits!r}")
+    try:
+        compute_dtype(config)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
+    try:
+        audio_config(config)
+        clip_samples(config)
+    except ValueError as e:  # the ResNet and frontend configs check their own fields
+        raise config_lib.ConfigError(str(e) if str(e).startswith("model.")
+                                     else f"model.audio: {e}") from None
+    try:
+        text_config(config)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e) if str(e).startswith("model.")
+                                     else f"model.text: {e}") from None
+
+
 def build(config: ml_collections.ConfigDict, seed: int = 0) -> DualEncoder:
-    """A randomly initialised model (no file access)."""
+    """A randomly initialised model (no file access beyond a text folder's config.json);
+    `check_config` first, so a bad setting is named instead of failing inside JAX."""
+    check_config(config)
     return DualEncoder(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1, augment=seed + 2))
 
 
@@ -204,8 +275,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.audio.arch = "resnet38"
     c.audio.checkpoint = ""        # PANNs .pth or converted orbax dir; "" = random init
     c.audio.frontend = ml_collections.ConfigDict(dataclasses.asdict(frontend.FrontendConfig()))
-    # Field overrides of the ResNet family (e.g. widths, blocks, embed_dim) for small models.
-    c.audio.network = ml_collections.ConfigDict()
+    # Field overrides of the ResNet family (e.g. widths, blocks, embed_dim) for small models:
+    # every field is present, so each can be overridden on its own; None keeps the arch's.
+    c.audio.network = ml_collections.ConfigDict(_network_defaults())
     # BatchNorm statistics in one pass over the activations (True) or two (False); None:
     # one for bfloat16 compute, two for float32 (atjax.encoders.panns.BatchNorm).
     c.audio.batchnorm_one_pass = None

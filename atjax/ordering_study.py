@@ -176,14 +176,40 @@ def main(argv=None) -> int:
     parser.add_argument("--no_untrained", action="store_true", help="skip the untrained floor")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     args.data_dir = str(pathlib.Path(args.data_dir or out / "data").absolute())
     heads = args.heads.split(",")
     regimes = args.batches.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if args.steps < 0:
+        parser.error(f"--steps must be >= 0 (0: the config's), got {args.steps}")
+    # Every run's config is checked before the first one trains.
+    from atjax import config as config_lib
+    from atjax import model as model_lib
+
+    try:
+        for head in heads:
+            for batches in regimes:
+                for seed in seeds:
+                    config = _config(head, batches, seed, args)
+                    config_lib.check_train_config(config)
+                    model_lib.check_config(config.model)
+    except config_lib.ConfigError as e:
+        parser.error(" ".join(str(e).split()))
+    folders = (("--out", out), ("--data_dir", pathlib.Path(args.data_dir)))
+    for flag, folder in folders:
+        if folder.exists() and not folder.is_dir():
+            parser.error(f"{flag} {folder} is a file, not a folder")
+    for flag, folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            parser.error(f"{flag} {folder} cannot be created: {e.strerror or e}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
 
     _prepare_corpus(_config(heads[0], regimes[0], seeds[0], args), args.data_dir)
     start = time.perf_counter()

@@ -8,16 +8,24 @@ in the paper's tables by its "experiment" entry (atjax.evaluate.results):
            Clotho 2022 (retrieval), F1 on ESC-50, US8K (zeroshot), F1 on DESED (sed)
   Table 2  head mlp, data original vs nv: R@10 on the three retrieval sets
   Table 3  head mlp, data original: as/then R@10 (probes on the paper's test sets)
-  Table 4  PTe counts per preposition (probes; the Tr row is the paper's only)
+  Table 4  counts per preposition in the test sets (PTe) and the pre-training captions (Tr)
+           (probes)
   Table 5  head mlp/transformer x data original/acba: R@10 on the three retrieval sets
-  Fig. 2   head x {original, swapped} PTe R@1, data original (fig2_pte.png)
+  Fig. 2   head x {original, swapped} PTe R@1, data original and acba (fig2_pte.png)
   Fig. 3   BAT per head x data, with the ACBA order controls (fig3_bat.png)
+  the zero-shot and SED F1 of every run (Table 1's columns, whatever the run's table),
   and the order probes on the built-in synthetic corpus (runs with data "synthetic",
   synthetic_order.png).
 
-Every cell shows ours, then the paper's number in parentheses where the paper has one;
-probe figures carry their 95% bootstrap interval in brackets. Runs that fit no table are
-listed at the end. The markdown goes to DIR/report.md and to stdout; plots are PNGs in DIR.
+The paper's baseline is one experiment (configs/paper.py: "baseline"; results of its older
+names table1-roberta-large, table2-original and table5-mlp-original count as it): one run
+of it fills the RoBERTa-Large row of Table 1, "Original" of Table 2 and "MLP | Original" of
+Table 5. Every cell shows ours, then the paper's number in parentheses where the paper has
+one ("not run" where no results hold the row, "–" where a run lacks the figure); rows and
+bars of the paper's own numbers say "paper", and its bars carry no interval (it gives
+none); probe figures carry their 95% bootstrap interval in brackets. Runs that fit no
+table are listed at the end. The markdown goes to DIR/report.md and to stdout; plots are
+PNGs in DIR.
 """
 
 from __future__ import annotations
@@ -61,6 +69,12 @@ PAPER_TABLE5 = {("mlp", "original"): (.798, .505, .477),
                 ("mlp", "acba"): (.790, .500, .473),
                 ("transformer", "acba"): (.730, .425, .405)}
 HEADS = {"mlp": "MLP", "transformer": "Transformer"}
+# configs/paper.py's names of its baseline: one experiment, reported as "baseline".
+BASELINE = "baseline"
+EXPERIMENT_ALIASES = {"table1-roberta-large": BASELINE, "table2-original": BASELINE,
+                      "table5-mlp-original": BASELINE}
+ZEROSHOT_SED_COLUMNS = TABLE1_COLUMNS[3:]
+NOT_RUN = "not run"
 DATA = {"original": "Original", "nv": "NV", "acba": "+ACBA", "nv+acba": "NV +ACBA",
         "synthetic": "synthetic"}
 SYNTHETIC_COLUMNS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "bat",
@@ -135,6 +149,7 @@ def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[str]]:
         model = str(rec.get("model", path.parent))
         experiment = {f: str((rec.get("experiment") or {}).get(f, "") or "")
                       for f in results_lib.EXPERIMENT_FIELDS}
+        experiment["name"] = EXPERIMENT_ALIASES.get(experiment["name"], experiment["name"])
         run = runs.setdefault(model, Run(model, experiment))
         if run.experiment != experiment:
             notes.append(f"{path}: experiment {experiment} differs from {run.experiment} "
@@ -171,8 +186,10 @@ def _ci(metrics: dict, key: str) -> str:
     return f" [{low:.3f}, {high:.3f}]"
 
 
-def _cell(ours, paper=None, ci: str = "") -> str:
-    text = _num(ours) + (ci if ours is not None else "")
+def _cell(ours, paper=None, ci: str = "", run: bool = True) -> str:
+    """Ours (with its interval), then the paper's in parentheses; `run` False: no results
+    hold this row at all ("not run"), as opposed to a run that lacks the figure ("–")."""
+    text = (_num(ours) + (ci if ours is not None else "")) if run else NOT_RUN
     return f"{text} ({_num(paper)})" if paper is not None else text
 
 
@@ -207,7 +224,7 @@ def table1(runs: list[Run]) -> str:
         mine = [r for r in chosen if r.experiment["text_encoder"] == enc] or [None]
         for run in mine:
             label = ENCODER_NAMES[enc] + (f" ({run.label})" if run and len(mine) > 1 else "")
-            rows.append([label] + [_cell(run.get(k) if run else None, p)
+            rows.append([label] + [_cell(run.get(k) if run else None, p, run=run is not None)
                                    for k, p in zip(keys, PAPER_TABLE1[enc])])
             if run:
                 run.placed.add("Table 1")
@@ -230,7 +247,8 @@ def table2(runs: list[Run]) -> str:
             extra = ""
             if run and (run.experiment["text_encoder"] != "roberta-large" or len(mine) > 1):
                 extra = f" ({run.experiment['text_encoder'] or '?'}, {run.label})"
-            rows.append([DATA[data] + extra] + [_cell(run.get(k) if run else None, p)
+            rows.append([DATA[data] + extra] + [_cell(run.get(k) if run else None, p,
+                                                      run=run is not None)
                                                 for k, p in zip(keys, PAPER_TABLE2[data])])
             if run:
                 run.placed.add("Table 2")
@@ -245,30 +263,60 @@ def table3(runs: list[Run]) -> str:
         if _has(run, keys):
             rows.append([run.label] + [_cell(run.get(k), ci=_ci(run.metrics, k)) for k in keys])
             run.placed.add("Table 3")
+    if len(rows) == 1:
+        rows.append(["ours"] + [NOT_RUN] * len(keys))
     return ("### Table 3: R@10 on sentences with \"then\" or \"as\", original vs. the two "
             "words exchanged (baseline)\n\n"
             + _table(["Model"] + [c for c, _, _ in TABLE3_COLUMNS], rows))
 
 
-def table4(runs: list[Run]) -> str:
-    rows = [["PTe (paper)"] + [f"{n} ({s}%)" for n, s in PAPER_TABLE4["PTe"]]]
-    seen = set()
+def _table4_rows(runs: list[Run], prefix: str, name: str) -> list[list[str]]:
+    """Our rows of one set: one per distinct count (runs that saw the same sentences
+    share one row), labelled by the first run with them."""
+    rows, seen = [], set()
     for run in runs:
-        counts = [run.get(f"pte_{p.replace(' ', '_')}_count") for p in PREPOSITIONS]
+        counts = [run.get(f"{prefix}_{p.replace(' ', '_')}_count") for p in PREPOSITIONS]
         if any(c is None for c in counts):
             continue
-        shares = [run.get(f"pte_{p.replace(' ', '_')}_share") for p in PREPOSITIONS]
+        shares = [run.get(f"{prefix}_{p.replace(' ', '_')}_share") for p in PREPOSITIONS]
         row = tuple(f"{int(c)} ({100 * s:.1f}%)" for c, s in zip(counts, shares))
         run.placed.add("Table 4")
-        if row in seen:   # every model sees the same test sets: one row is enough
+        if row in seen:
             continue
         seen.add(row)
-        rows.append([f"PTe ({run.label})", *row])
+        rows.append([f"{name} ({run.label})", *row])
+    return rows or [[f"{name} (ours)"] + [NOT_RUN] * len(PREPOSITIONS)]
+
+
+def table4(runs: list[Run]) -> str:
+    rows = [["PTe (paper)"] + [f"{n} ({s}%)" for n, s in PAPER_TABLE4["PTe"]]]
+    rows += _table4_rows(runs, "pte", "PTe")
     rows.append(["Tr (paper)"] + [f"{n} ({s}%)" for n, s in PAPER_TABLE4["Tr"]])
+    rows += _table4_rows(runs, "tr", "Tr")
     return ("### Table 4: sentences with each preposition\n\n"
-            "Count and share of all test sentences (PTe) or pre-training sentences (Tr; the "
-            "paper's numbers only).\n\n"
+            "Count and share of all test sentences (PTe) or pre-training sentences (Tr, "
+            "the captions of each run's training sources).\n\n"
             + _table(["Set", "\"before\"", "\"after\"", "\"then\"", "\"followed by\""], rows))
+
+
+def zeroshot_sed_table(runs: list[Run]) -> str:
+    """Table 1's zero-shot and SED columns for every run that has them, whatever its table."""
+    keys = [k for _, k in ZEROSHOT_SED_COLUMNS]
+    rows = []
+    for run in runs:
+        if run.synthetic or not _has(run, keys):
+            continue
+        e = run.experiment
+        rows.append([run.label, e.get("text_encoder") or "?", HEADS.get(e.get("head"), "?"),
+                     DATA.get(e.get("data"), e.get("data") or "?")]
+                    + [_cell(run.get(k)) for k in keys])
+        run.placed.add("zero-shot/SED")
+    if not rows:
+        rows.append([NOT_RUN, "", "", ""] + [NOT_RUN] * len(keys))
+    return ("### Zero-shot classification and SED of every run\n\n"
+            "F1 on ESC-50, US8K (zeroshot) and DESED (sed) of each run, Table 1's or not.\n\n"
+            + _table(["Run", "Text encoder", "Agg/Proj", "Data"]
+                     + [c for c, _ in ZEROSHOT_SED_COLUMNS], rows))
 
 
 def table5(runs: list[Run]) -> str:
@@ -280,7 +328,8 @@ def table5(runs: list[Run]) -> str:
             for run in mine:
                 label = f"{HEADS[head]} | {DATA[data]}" + (f" ({run.label})" if run and
                                                           len(mine) > 1 else "")
-                rows.append([label] + [_cell(run.get(k) if run else None, p)
+                rows.append([label] + [_cell(run.get(k) if run else None, p,
+                                             run=run is not None)
                                        for k, p in zip(keys, PAPER_TABLE5[(head, data)])])
                 if run:
                     run.placed.add("Table 5")
@@ -289,29 +338,37 @@ def table5(runs: list[Run]) -> str:
 
 
 def _fig2_rows(runs):
+    """(head, data, run) of every run with the clause-swap probe: the paper's original
+    data, and the ACBA runs beside them."""
     out = []
-    for head in ("mlp", "transformer"):
-        for run in _select(runs, head=head, data="original"):
-            if _has(run, ["swap_r1_original"]):
-                out.append((head, run))
+    for data in ("original", "acba"):
+        for head in ("mlp", "transformer"):
+            for run in _select(runs, head=head, data=data):
+                if _has(run, ["swap_r1_original"]):
+                    out.append((head, data, run))
     return out
 
 
 def figure2(runs: list[Run], out_dir: pathlib.Path | None) -> str:
-    rows = [[f"{HEADS[h]} (paper)", _num(p[0]), _num(p[1]), ""] for h, p in PAPER_FIG2.items()]
+    rows = [[f"{HEADS[h]} | {DATA['original']} (paper)", _num(p[0]), _num(p[1]), ""]
+            for h, p in PAPER_FIG2.items()]
     entries = _fig2_rows(runs)
-    for head, run in entries:
-        rows.append([f"{HEADS[head]} ({run.label})",
+    if not entries:
+        rows.append(["ours", NOT_RUN, NOT_RUN, NOT_RUN])
+    for head, data, run in entries:
+        rows.append([f"{HEADS[head]} | {DATA[data]} ({run.label})",
                      _cell(run.get("swap_r1_original"), ci=_ci(run.metrics, "swap_r1_original")),
                      _cell(run.get("swap_r1_swapped"), ci=_ci(run.metrics, "swap_r1_swapped")),
                      _cell(run.get("swap_r1_delta"), ci=_ci(run.metrics, "swap_r1_delta"))])
         run.placed.add("Fig. 2")
     text = ("### Fig. 2: PTe R@1, original vs. clause-swapped queries\n\n"
-            + _table(["Model", "Original", "Swap", "Original − Swap"], rows))
+            "The paper's bars are its baseline and Transformer on the original data; the "
+            "ACBA runs are ours only.\n\n"
+            + _table(["Agg/Proj | Data", "Original", "Swap", "Original − Swap"], rows))
     if out_dir is not None:
-        bars = [(f"{HEADS[h]}\npaper", p, (None, None)) for h, p in PAPER_FIG2.items()]
-        for head, run in entries:
-            bars.append((f"{HEADS[head]}\n{run.label}",
+        bars = [(f"{HEADS[h]}\npaper", p, (None, None), True) for h, p in PAPER_FIG2.items()]
+        for head, data, run in entries:
+            bars.append((f"{HEADS[head]} {DATA[data]}\n{run.label}",
                          (run.get("swap_r1_original"), run.get("swap_r1_swapped")),
                          (_interval(run.metrics, "swap_r1_original"),
                           _interval(run.metrics, "swap_r1_swapped"))))
@@ -328,7 +385,7 @@ def figure3(runs: list[Run], out_dir: pathlib.Path | None) -> str:
             paper = PAPER_FIG3[(head, data)]
             rows.append([f"{HEADS[head]} | {DATA[data]} (paper)", _num(paper), "", "", ""])
             bars.append((f"{HEADS[head]} {DATA[data]}\npaper", (paper, None, None, None),
-                         (None,) * 4))
+                         (None,) * 4, True))
             for run in _select(runs, head=head, data=data):
                 keys = ("bat", "acba_bat", "acba_bat_order_blind", "acba_twin")
                 if not _has(run, keys):
@@ -339,6 +396,8 @@ def figure3(runs: list[Run], out_dir: pathlib.Path | None) -> str:
                              tuple(run.get(k) for k in keys),
                              tuple(_interval(run.metrics, k) for k in keys)))
                 run.placed.add("Fig. 3")
+    if not any("Fig. 3" in run.placed for run in runs):
+        rows.append(["ours", NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN])
     text = ("### Fig. 3: BAT, with the order controls on ACBA pairs of AudioCaps test clips\n\n"
             "Share of before/after sentences closer to their audio than the sentence with "
             "before<->after exchanged (50% = chance). ACBA BAT is the same test on ACBA pairs; "
@@ -399,28 +458,47 @@ def _interval(metrics, key):
 
 def _grouped_bars(path: pathlib.Path, groups, series: Sequence[str], ylabel: str, title: str,
                   chance: float | None) -> None:
-    """One group of bars per entry: (label, values per series, (low, high) per series)."""
+    """One group of bars per entry: (label, values per series, (low, high) per series[,
+    paper]). Only bars with an interval get an error bar; the paper's groups (`paper`
+    True), which it gives without intervals, are hatched and named so in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
+    from matplotlib.patches import Patch
 
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) + 2), 4.0))
     width = 0.8 / len(series)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    any_paper = False
     for s, name in enumerate(series):
-        xs, ys, errs = [], [], [[], []]
-        for g, (_, values, intervals) in enumerate(groups):
+        color = colors[s % len(colors)]
+        bars = {False: ([], []), True: ([], [])}
+        err_x, err_y, err_lo, err_hi = [], [], [], []
+        for g, group in enumerate(groups):
+            values, intervals = group[1], group[2]
+            paper = len(group) > 3 and bool(group[3])
             value = values[s]
             if value is None:
                 continue
+            x = g + (s - (len(series) - 1) / 2) * width
+            bars[paper][0].append(x)
+            bars[paper][1].append(value)
+            any_paper |= paper
             low, high = intervals[s] if intervals[s] else (None, None)
-            xs.append(g + (s - (len(series) - 1) / 2) * width)
-            ys.append(value)
-            errs[0].append(value - low if low is not None else 0.0)
-            errs[1].append(high - value if high is not None else 0.0)
-        if xs:
-            ax.bar(xs, ys, width, yerr=np.array(errs), capsize=3, label=name)
+            if low is not None and high is not None:
+                err_x.append(x)
+                err_y.append(value)
+                err_lo.append(value - low)
+                err_hi.append(high - value)
+        if bars[False][0]:
+            ax.bar(bars[False][0], bars[False][1], width, color=color, label=name)
+        if bars[True][0]:
+            ax.bar(bars[True][0], bars[True][1], width, color=color, hatch="//",
+                   edgecolor="white", label=None if bars[False][0] else name)
+        if err_x:
+            ax.errorbar(err_x, err_y, yerr=[err_lo, err_hi], fmt="none", ecolor="black",
+                        elinewidth=1, capsize=3)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(groups)))
@@ -428,7 +506,11 @@ def _grouped_bars(path: pathlib.Path, groups, series: Sequence[str], ylabel: str
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if any_paper:
+        handles.append(Patch(facecolor="lightgrey", hatch="//", edgecolor="white"))
+        labels.append("hatched: the paper's (no intervals given)")
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -442,9 +524,12 @@ def render(runs: list[Run], out_dir: pathlib.Path | None = None,
         run.placed.clear()
     sections = [
         "# atjax results vs. Wu et al. (ICASSP 2023)\n\n"
-        "Cells: ours (paper); [95% bootstrap interval] for probe figures; – where not run.",
+        "Cells: ours (paper); [95% bootstrap interval] for probe figures; \"not run\" where "
+        "no results hold the row, – where a run lacks the figure; \"paper\" marks the "
+        "paper's own numbers.",
         table1(runs), table2(runs), table3(runs), table4(runs), table5(runs),
-        figure2(runs, out_dir), figure3(runs, out_dir), synthetic_table(runs, out_dir)]
+        figure2(runs, out_dir), figure3(runs, out_dir), zeroshot_sed_table(runs),
+        synthetic_table(runs, out_dir)]
     listing = [[r.label, r.experiment.get("text_encoder", ""), r.experiment.get("head", ""),
                 r.experiment.get("data", ""), ", ".join(sorted(r.placed)) or "none",
                 str(len(r.files))] for r in runs]

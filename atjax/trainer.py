@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import pathlib
 import signal
 import time
@@ -24,6 +25,7 @@ import numpy as np
 
 from atjax import checkpoint as ckpt_lib
 from atjax import config as config_lib
+from atjax import folder_lock
 from atjax import host_gc
 from atjax import inference
 from atjax import model as model_lib
@@ -44,6 +46,18 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+class WorkdirBusyError(RuntimeError):
+    """Another trainer holds the workdir's lock; the message names its PID."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the message names the step and the OS error."""
+
+
+# In the workdir: flock'ed by the trainer that writes it (atjax.folder_lock).
+LOCK_NAME = "train.lock"
+
+
 def default_input_factory(config, *, batch_size, sample_rate, clip_samples, chunk_samples,
                           tokenizer, seed, process_index, process_count):
     # Lazy: the input pipeline is the only part of training that needs TensorFlow.
@@ -55,24 +69,34 @@ def default_input_factory(config, *, batch_size, sample_rate, clip_samples, chun
         seed=seed, process_index=process_index, process_count=process_count)
 
 
+def tensorboard_tag(name: str) -> str:
+    """A metric name as a TensorBoard tag, which allows only letters, digits and "_-./":
+    "R@10" becomes "R_at_10", anything else illegal "_" (metrics.jsonl keeps the name)."""
+    return "".join(ch if ch.isalnum() or ch in "_-./" else ("_at_" if ch == "@" else "_")
+                   for ch in name)
+
+
 class MetricsWriter:
     """metrics.jsonl (one object per logged step) + TensorBoard summaries, on process 0.
 
-    `resume_step`: the step a resumed run starts from. What the interrupted run logged
-    after it is dropped first (it will be logged again), so no step appears twice."""
+    `resume_step`: the step a run starts from (0 without a checkpoint). What an
+    interrupted run logged after it is dropped first, from metrics.jsonl and (through
+    TensorBoard's `purge_step`) from the summaries: those steps are logged again, and no
+    step appears twice."""
 
     def __init__(self, workdir: pathlib.Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
         self._tb = None
         if enabled:
             path = workdir / "metrics.jsonl"
-            if resume_step and path.exists():
+            if path.exists():
                 _drop_records_after(path, resume_step)
             self._file = open(path, "a")
             try:
                 from tensorboardX import SummaryWriter
+                # TensorBoard's reader discards the earlier events of steps >= purge_step.
                 self._tb = SummaryWriter(str(workdir / "tensorboard"),
-                                         purge_step=resume_step + 1 if resume_step else None)
+                                         purge_step=resume_step + 1)
             except ImportError:  # TensorBoard summaries are a convenience, not a requirement
                 logging.warning("tensorboardX not installed: no TensorBoard summaries")
 
@@ -84,7 +108,7 @@ class MetricsWriter:
         self._file.flush()
         if self._tb is not None:
             for k, v in metrics.items():
-                self._tb.add_scalar(k, float(v), int(step))
+                self._tb.add_scalar(tensorboard_tag(k), float(v), int(step))
 
     def close(self) -> None:
         if self.enabled:
@@ -168,6 +192,21 @@ class _Preemption:
         return bool(np.max(flag))
 
 
+class _HeldLock:
+    """A lock's descriptor (atjax.folder_lock), closed by release() or when dropped."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        self.release()
+
+
 def check_workdir(workdir) -> None:
     """A workdir is a file-system path: pathlib would make "gs://b/x" a local folder
     "gs:/b/x" on every host."""
@@ -207,7 +246,22 @@ class Trainer:
             logging.warning("best_metric=%r but no evaluations run (eval_every_steps=%s, %s "
                             "evaluator): no best checkpoint will be kept", config.best_metric,
                             config.eval_every_steps, "an" if evaluate_fn else "no")
+        # The steps whose saves have not been confirmed yet, by manager ("latest", "best").
+        self._unchecked_saves: dict[str, int] = {}
+        # Taken before anything is written to the workdir (config.json, orbax's folders)
+        # and held until train() ends.
+        self._workdir_lock: _HeldLock | None = None
+        self._locked = False
+        self._lock_workdir()
+        try:
+            self._setup(input_factory, evaluate_fn)
+        except BaseException:
+            self._unlock_workdir()
+            raise
 
+    def _setup(self, input_factory: InputFactory,
+               evaluate_fn: Callable[[inference.Embedder], dict[str, float]] | None) -> None:
+        config = self.config
         m = config.model
         self.checkpoints = ckpt_lib.Checkpoints(
             self.workdir, keep=config.keep_checkpoints,
@@ -244,6 +298,37 @@ class Trainer:
             process_index=jax.process_index(), process_count=jax.process_count())
         self.evaluate_fn = evaluate_fn
 
+    def _lock_workdir(self) -> None:
+        """Takes the workdir's lock, or raises WorkdirBusyError naming the trainer that
+        holds it. Process 0 alone locks: the hosts share the workdir, and one lock file
+        keeps a second job out whichever hosts it runs on. A collective: every process
+        learns the outcome and refuses with process 0, instead of waiting for it in the
+        next collective."""
+        refusal = None
+        if self.is_main:
+            path = self.workdir / LOCK_NAME
+            try:
+                self._workdir_lock = _HeldLock(folder_lock.lock(path))
+            except folder_lock.LockHeldError as e:
+                refusal = (f"workdir {self.workdir} is in use by another trainer ({e.holder}, "
+                           f"holding {path}): wait for it to end, or train in another workdir")
+            except OSError as e:
+                if e.errno not in folder_lock.UNSUPPORTED:
+                    refusal = f"cannot lock the workdir: {path}: {e}"
+                else:  # e.g. Lustre mounted without flock: train, but say what is lost
+                    logging.warning("%s: the file system has no locks (%s); nothing keeps a "
+                                    "second trainer out of this workdir", path, e.strerror)
+        refusal = _gather_json(refusal)[0]
+        if refusal is not None:
+            raise WorkdirBusyError(refusal)
+        self._locked = True
+
+    def _unlock_workdir(self) -> None:
+        if self._workdir_lock is not None:
+            self._workdir_lock.release()
+            self._workdir_lock = None
+        self._locked = False
+
     def _write_config(self) -> None:
         if self.is_main:
             (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
@@ -256,7 +341,9 @@ class Trainer:
         if self.resume_step is None:
             return 0
         abstract = ckpt_lib.abstract_like(step_lib.without_copies(self.state))
-        state, saved = self.checkpoints.restore(self.resume_step, abstract)
+        # The newest intact step; each newer, damaged one is named in a warning. With no
+        # intact step, CheckpointDamagedError names them all: nothing is trained over them.
+        self.resume_step, state, saved = self.checkpoints.restore_latest(abstract)
         self.state = step_lib.with_copies(state, self.copies_dtype)
         if "hosts" in saved:
             hosts = saved["hosts"]
@@ -269,6 +356,8 @@ class Trainer:
             self.early.update(saved.get("trainer", {}))
         else:  # saved before per-process positions: one process's state, nothing else
             self.input.set_state(saved)
+        # The damaged steps after it make way for the ones this run writes.
+        self.checkpoints.set_aside_after(self.resume_step)
         self._write_config()
         logging.info("resuming from step %d", self.resume_step)
         return self.resume_step
@@ -280,8 +369,50 @@ class Trainer:
         return {"hosts": _gather_json(self.input.get_state()), "trainer": dict(self.early)}
 
     def _save(self, step: int, *, force: bool = False) -> None:
+        self._check_save("latest", wait=True)  # orbax's save waits for it anyway
         self.checkpoints.save(step, step_lib.without_copies(self.state),
                               self._checkpoint_extras(), force=force)
+        self._unchecked_saves["latest"] = step
+
+    def _save_best(self, step: int, metrics: dict[str, float]) -> None:
+        if self.checkpoints.best is None:
+            return
+        self._check_save("best", wait=True)
+        self.checkpoints.save_best(step, step_lib.without_copies(self.state),
+                                   self._checkpoint_extras(), metrics)
+        self._unchecked_saves["best"] = step
+
+    def _check_save(self, kind: str, *, wait: bool) -> None:
+        """Raises CheckpointSaveError if the last save of the `kind` manager ("latest" or
+        "best") failed. Orbax writes in the background and keeps a failure until the next
+        save asks; this asks as soon as the save is over. Without `wait`, a save still in
+        flight is left to a later check."""
+        step = self._unchecked_saves.get(kind)
+        if step is None:
+            return
+        manager = getattr(self.checkpoints, kind)
+        if not wait and manager.is_saving_in_progress():
+            return
+        del self._unchecked_saves[kind]
+        directory = pathlib.Path(str(manager.directory))
+        try:
+            manager.wait_until_finished()  # raises what the background save met
+        except Exception as e:  # noqa: BLE001 - an OSError mostly; orbax wraps some
+            error = f"{type(e).__name__}: {e}"
+        else:
+            # best/ keeps the best by its metric, which need not be the step just saved.
+            if kind == "best" or (directory / str(step)).is_dir():
+                return
+            error = f"orbax reported no error, but {directory / str(step)} is not there"
+        kept = sorted(int(p.name) for p in directory.iterdir()
+                      if p.name.isdigit() and int(p.name) != step) if directory.is_dir() else []
+        raise CheckpointSaveError(
+            f"saving the checkpoint of step {step} to {directory} failed ({error}); training "
+            f"stopped. " + (f"The last checkpoint kept there is step {kept[-1]}: fix the "
+                            f"cause (e.g. free disk space) and rerun with the same workdir "
+                            f"to resume from it" if kept else
+                            "No checkpoint is kept there: fix the cause (e.g. free disk "
+                            "space) and rerun to start again"))
 
     def _evaluate(self, step: int) -> dict[str, float]:
         if self.evaluate_fn is None:
@@ -295,10 +426,15 @@ class Trainer:
         return _gather_json(metrics)[0]
 
     def train(self) -> TrainResult:
-        # The handler goes in before the restore: a SIGTERM while restoring or compiling
-        # the first step is acted on at the first step's boundary.
-        with _Preemption(sync_every=self.config.log_every_steps) as preemption:
-            return self._train(preemption)
+        if not self._locked:  # a second train() of this Trainer
+            self._lock_workdir()
+        try:
+            # The handler goes in before the restore: a SIGTERM while restoring or
+            # compiling the first step is acted on at the first step's boundary.
+            with _Preemption(sync_every=self.config.log_every_steps) as preemption:
+                return self._train(preemption)
+        finally:
+            self._unlock_workdir()  # after the saves in flight: _train waits for them
 
     def _train(self, preemption: _Preemption) -> TrainResult:
         c = self.config
@@ -361,8 +497,15 @@ class Trainer:
         pauses = host_gc.Pauses()
         pauses.install()
         first_step = step
+        # A save that failed in the background stops the run at the next step boundary
+        # after it ended. With several processes, at the next save instead: hosts that
+        # learnt of it at different steps would wait for each other in the step.
+        poll_saves = jax.process_count() == 1
         try:
             while step < c.total_steps:
+                if poll_saves:
+                    self._check_save("latest", wait=False)
+                    self._check_save("best", wait=False)
                 batch = sharding.global_batch(next(self.input), self.mesh)
                 self.state, metrics = self.step_fn(self.state, batch, self.rest,
                                                    self.base_key)
@@ -392,6 +535,7 @@ class Trainer:
                         key = f"val/{c.best_metric}" if c.best_metric else None
                         if key is not None and key not in val:
                             self._save(step, force=True)  # keep the progress, then say why
+                            self._check_save("latest", wait=True)
                             raise ValueError(
                                 f"best_metric={c.best_metric!r} is not among the evaluation's "
                                 f"metrics {sorted(k[4:] for k in val)}; step {step} is saved, "
@@ -412,9 +556,7 @@ class Trainer:
                                              early["evals_without_improvement"])
                                 stopped_early = early["stopped_early"] = True
                             if improved:  # best/ keeps one: a worse state is not written
-                                self.checkpoints.save_best(
-                                    step, step_lib.without_copies(self.state),
-                                    self._checkpoint_extras(), {c.best_metric: val[key]})
+                                self._save_best(step, {c.best_metric: val[key]})
                 if save_now or stop_now or stopped_early:
                     self._save(step, force=True)
                 if stop_now:
@@ -424,6 +566,10 @@ class Trainer:
                     break
             if pending is not None:
                 flush(pending)
+            # The last saves (the final step's, a preempted or an early-stopped run's) are
+            # confirmed before the run reports its end.
+            self._check_save("latest", wait=True)
+            self._check_save("best", wait=True)
         finally:
             pauses.remove()
             host_gc.thaw()

@@ -262,7 +262,12 @@ def _text_transform(name: str, spacy_model: str, sentences: set[str]) -> dict[st
     if name == "none":
         return stripped
     distinct = sorted({s for s in stripped.values() if s})
-    log.info("nouns-and-verbs transform of %d distinct captions (spaCy %s)", len(distinct), spacy_model)
+    from atjax.probes import text
+
+    # The pipeline actually loaded: ATJAX_SPACY_MODEL redirects the default name.
+    loaded = text.spacy_model_name(spacy_model)
+    log.info("nouns-and-verbs transform of %d distinct captions (spaCy %s%s)", len(distinct), loaded,
+             f", from {text.SPACY_MODEL_ENV}" if loaded != spacy_model else "")
     nv = dict(zip(distinct, nouns_and_verbs_many(distinct, model=spacy_model)))
     return {raw: (nv[s].strip() if s else "") for raw, s in stripped.items()}
 
@@ -340,25 +345,50 @@ def _plan_pool(source: _Source, cat: _Catalog, table: dict[str, str], host: np.n
     plan = _SourcePlan(source, cat.ids, np.zeros(n, bool), [[] for _ in range(n)], [[] for _ in range(n)], 0)
     for i in np.flatnonzero(host):
         if cat.samples[i] == 0:
+            counts.add("pool_clips_without_audio")
             continue
         if cat.samples[i] < 2 * fade:
             counts.add("pool_clips_shorter_than_two_crossfades")
             continue
-        clauses = []
+        clauses, order_word = [], False
         for c in cat.captions[i]:
-            if not _WORD.search(c) or not acba.eligible(c):
+            if not _WORD.search(c):
+                continue
+            if not acba.eligible(c):
+                order_word = True
                 continue
             try:
                 clauses.append(acba.clause(table[c]))
             except ValueError:  # nothing left once the text transform / punctuation is gone
                 continue
         counts.add("pool_clips_without_eligible_caption", int(not clauses))
+        if not clauses:
+            # Why: a caption names an order already, or none has words (left).
+            counts.add("pool_clips_with_order_word_captions_only" if order_word
+                       else "pool_clips_with_empty_captions_only")
         if clauses:
             plan.keep[i] = True
             plan.texts[i] = clauses
             plan.extra[i] = [acba.capitalise(s) for s in clauses]
             plan.examples += 1
     return plan
+
+
+def pool_exclusions(counts: Mapping[str, int], crossfade_seconds: float,
+                    setting: str = "data.crossfade_seconds") -> str:
+    """Why ACBA pool clips were left out, one clause per reason with its count (counts of
+    `_plan_pool`), for the error that says too few clips are left; "" if none were.
+    `setting` names the cross-fade length's setting."""
+    reasons = (
+        ("pool_clips_shorter_than_two_crossfades",
+         f"shorter than two cross-fades ({2 * crossfade_seconds:.2f} s; {setting})"),
+        ("pool_clips_with_order_word_captions_only",
+         f"whose every caption names an order ({'/'.join(acba.PREPOSITIONS)})"),
+        ("pool_clips_with_empty_captions_only",
+         "whose captions are empty (or empty after data.text_transform)"),
+        ("pool_clips_without_audio", "without audio"))
+    parts = [f"{counts[key]} {why}" for key, why in reasons if counts.get(key)]
+    return "excluded: " + "; ".join(parts) if parts else ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -686,7 +716,7 @@ class TrainInput:
                 self._plans[ACBA].append(plan)
             self.stats[f"acba_pool/{s.name}"] = dict(counts, pool_clips=plan.examples)
             log.info("ACBA pool %s: %d of its clips on host %d have a caption without before/after/then/"
-                     "followed by", s.name, plan.examples, process_index)
+                     "followed by and two cross-fades of audio", s.name, plan.examples, process_index)
             if counts.get("pool_clips_shorter_than_two_crossfades"):
                 log.warning("ACBA pool %s: skipped %d clips shorter than two cross-fades (%.2f s)", s.name,
                             counts["pool_clips_shorter_than_two_crossfades"], 2 * config.crossfade_seconds)
@@ -717,8 +747,15 @@ class TrainInput:
         else:
             units[ACBA] = int(round(main_rows * fraction / (1 - fraction) / self.rows_per_unit))
         if units[ACBA] and examples[ACBA] < 2:
+            excluded = _Counter()
+            for key, stats in self.stats.items():
+                if key.startswith("acba_pool/"):
+                    for reason, n in stats.items():
+                        excluded.add(reason, n)
+            why = pool_exclusions(excluded, self.config.crossfade_seconds)
             raise ValueError(f"ACBA needs at least 2 pool clips with an eligible caption on host "
-                             f"{self.process_index}, found {examples[ACBA]} in {self.config.acba_sources}")
+                             f"{self.process_index}, found {examples[ACBA]} in {self.config.acba_sources}"
+                             + (f"; {why}" if why else ""))
         return {k: v for k, v in units.items() if v}
 
     def _make_fingerprint(self) -> dict:
@@ -869,8 +906,9 @@ def acba_stream(sources, *, data_dir: str, sample_rate: int, clip_samples: int |
         log.warning("ACBA pool: skipped %d clips shorter than two cross-fades (%.2f s)", short,
                     2 * crossfade_seconds)
     if total < 2:
+        why = pool_exclusions(counts, crossfade_seconds, "--crossfade_seconds")
         raise ValueError(f"ACBA needs at least 2 clips with an eligible caption in {sources}, found {total}"
-                         + (f" ({short} shorter than two cross-fades skipped)" if short else ""))
+                         + (f"; {why}" if why else ""))
     log.info("ACBA pool: %d clips with an eligible caption", total)
     graph = _Graph(seed=seed, process_index=0, clip_samples=clip_samples,
                    fade=fade, rows_per_unit=1,

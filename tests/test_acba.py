@@ -217,3 +217,16 @@ def test_writer_cli_keeps_whole_clips(tmp_path):
         acba.write(source=f"acba:{pool}", data_dir="", out=str(tmp_path / "x"), count=0, sample_rate=1000)
     with pytest.raises(ValueError, match="holds whole clips"):
         acba.load_written(str(out), 1000, clip_samples=2000)
+
+
+def test_writer_names_why_pool_clips_were_excluded(tmp_path):
+    # At 1 kHz a 0.05 s cross-fade is 50 samples: the pool's clips of 80-150 samples hold
+    # two; 0.07 s (140) makes six of them too short, and the other two name an order.
+    ds, _, _ = _pool()
+    with pytest.raises(ValueError) as err:
+        acba.write(source={"pool": ds}, data_dir="", out=str(tmp_path / "acba"), count=2,
+                   sample_rate=1000, crossfade_seconds=0.07, clip_seconds=None)
+    message = str(err.value)
+    assert "found 0" in message
+    assert "6 shorter than two cross-fades (0.14 s; --crossfade_seconds)" in message
+    assert "2 whose every caption names an order" in message

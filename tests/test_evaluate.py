@@ -16,6 +16,7 @@ import atjax
 from atjax import evaluate
 from atjax.evaluate import __main__ as cli
 from atjax.evaluate import probes as probes_task
+from atjax.evaluate import retrieval as retrieval_task
 from atjax.probes import text as text_lib
 from standin_embedder import NAMES, ToneEmbedder, sequence, together
 
@@ -470,6 +471,72 @@ def test_cli_errors(monkeypatch, capsys):
     assert "hop_seconds: 0.05" in capsys.readouterr().out
 
 
+class _NoEmbedding(ToneEmbedder):
+    def embed_audio(self, waveforms, sample_rate):
+        pytest.fail("bad settings must be refused before any embedding")
+
+    def embed_text(self, texts):
+        pytest.fail("bad settings must be refused before any embedding")
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"ks": (-1, 5)}, r"setting 'ks' must hold positive integers, got \(-1, 5\)"),
+    ({"ks": (0,)}, "setting 'ks' must hold positive integers"),
+    ({"ks": ()}, "setting 'ks' is empty"),
+    ({"ks": (1, 2.5)}, "setting 'ks' must hold positive integers"),
+    ({"map_k": 0}, "setting 'map_k' must be a positive integer, got 0"),
+    ({"directions": ","}, "setting 'directions' names no direction"),
+    ({"directions": ""}, "setting 'directions' names no direction"),
+    ({"directions": "t2a,t2x"}, r"unknown direction\(s\) \['t2x'\]"),
+    ({"directions": "a2t,a2t"}, "repeats a direction"),
+    ({"batch_size": 0}, "setting 'batch_size' must be an integer >= 1")])
+def test_retrieval_refuses_settings_without_meaningful_metrics(settings, match):
+    reader = Reader(_caption_sets())
+    with pytest.raises(ValueError, match=match):
+        evaluate.run_task("retrieval", _NoEmbedding(), read=reader,
+                          datasets="clotho:evaluation", **settings)
+    assert reader.calls == []  # refused before reading any data
+    with pytest.raises(ValueError, match=match):
+        evaluate.task_config("retrieval", settings)
+
+
+def test_retrieval_metrics_refuse_an_empty_direction_list():
+    rng = np.random.default_rng(0)
+    text, audio = rng.normal(size=(4, 3)), rng.normal(size=(2, 3))
+    with pytest.raises(ValueError, match="directions is empty"):
+        retrieval_task.retrieval_metrics(text, audio, np.array([0, 0, 1, 1]), directions=())
+    with pytest.raises(ValueError, match="map_k must be a positive integer"):
+        retrieval_task.retrieval_metrics(text, audio, np.array([0, 0, 1, 1]), map_k=0)
+
+
+@pytest.mark.parametrize("override,named", [
+    ("--config.ks=(-1,5)", "setting 'ks'"), ("--config.ks=(0,)", "setting 'ks'"),
+    ("--config.ks=()", "setting 'ks' is empty"), ("--config.map_k=0", "setting 'map_k'"),
+    ("--config.directions=,", "setting 'directions'"),
+    ("--config.directions=t2a,x", "unknown direction")])
+def test_cli_refuses_bad_retrieval_settings_with_one_line(override, named, monkeypatch, capsys,
+                                                          tmp_path):
+    monkeypatch.setattr(atjax, "load", lambda path: pytest.fail("must not load"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["retrieval", "--model", "m", "--out", str(tmp_path / "o"), override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and named in errors[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_names_a_missing_model_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["retrieval", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(errors) == 1
+    assert f"{tmp_path / 'nope'} is neither an atjax bundle" in errors[0]
+
+
 def test_probes_corpus_setting():
     assert probes_task.trained_on_synthetic(ToneEmbedder(config=_synthetic_config()))
     assert not probes_task.trained_on_synthetic(ToneEmbedder())
@@ -526,7 +593,139 @@ def test_tasks_read_prepared_datasets(prepared, tmp_path):
                             settings={"datasets": "esc50:train"})
     assert rec["esc50/clips"] == 3 and rec["esc50/folds"] == 3
     assert rec["esc50/classes"] == len(split.label_names)
-    rec = evaluate.evaluate("sed", model, model="m", out=tmp_path / "s", data_dir=data_dir)
+    # Seed 0 puts one of the two event-less clips alone in the validation split, where no
+    # threshold can be chosen; seed 1 puts the clip with events there.
+    with pytest.raises(ValueError, match="validation clips .* hold no events"):
+        evaluate.run_task("sed", model, data_dir=data_dir)
+    rec = evaluate.evaluate("sed", model, model="m", out=tmp_path / "s", data_dir=data_dir,
+                            settings={"seed": 1})
     assert rec["desed/clips_validation"] + rec["desed/clips_test"] == len(made["desed"].clips["eval"])
     with pytest.raises(FileNotFoundError, match="data_pipeline.prepare"):
         evaluate.run_task("zeroshot", model, data_dir=data_dir, datasets="urbansound8k:train")
+
+
+# ------------------------------------------------------------------------------------------
+# probes: test sets without order words, ACBA pools too short for the controls
+
+
+def _plain_sets(audiocaps_seconds=1.0):
+    """The three paper test sets with one tone per clip and captions that hold no order
+    word and neither "as" nor "then"."""
+    sets = {}
+    for name, split in (("audiocaps", "test"), ("clotho", "evaluation"),
+                        ("clotho_2022", "test")):
+        seconds = audiocaps_seconds if name == "audiocaps" else 1.0
+        sets[(name, split)] = Split(
+            {"id": f"{name}-{s}", "audio": sequence([s], seconds, RATE),
+             "captions": [f"A {s} sounds.", f"A loud {s}."]} for s in NAMES)
+    return sets
+
+
+def test_probes_without_order_words_keep_the_acba_controls(caplog):
+    pytest.importorskip("data_pipeline.acba")
+    model = ToneEmbedder()
+    with caplog.at_level("WARNING"):
+        out = evaluate.run_task("probes", model, data_dir="D", read=Reader(_plain_sets()),
+                                acba_pairs=8, resamples=50, acba_crossfade_seconds=0.1,
+                                acba_clip_seconds=2.5)
+    assert "the as/then, PTe and BAT figures are not computed" in caplog.text
+    assert out["sentences"] == 3 * 2 * len(NAMES)
+    assert out["pte_count"] == 0 and out["pte_before_count"] == 0
+    for key in ("as_r10", "then_r10", "swap_r1_original", "bat"):
+        assert key not in out
+    # The ACBA controls still ran: 8 pairs and their twins.
+    assert out["acba_twin_count"] == 16 and out["acba_twin"] == 1.0
+
+
+def test_acba_controls_asked_for_but_impossible_fail_naming_the_cause():
+    pytest.importorskip("data_pipeline.acba")
+    # AudioCaps test clips of 0.15 s hold no two cross-fades of 0.1 s (the other sets hold
+    # order words: the rest of the probes could run).
+    model = ToneEmbedder()
+    sets = {**_caption_sets(),
+            ("audiocaps", "test"): _plain_sets(audiocaps_seconds=0.15)[("audiocaps", "test")]}
+    with pytest.raises(ValueError) as err:
+        evaluate.run_task("probes", model, data_dir="D", read=Reader(sets), acba_pairs=8,
+                          acba_crossfade_seconds=0.1)
+    message = str(err.value)
+    assert "need at least 2 clips with an eligible caption in audiocaps:test, found 0" in message
+    assert (f"{len(NAMES)} shorter than two cross-fades (0.20 s; setting "
+            "acba_crossfade_seconds)") in message
+    assert "acba_pairs=0" in message
+    assert model.audio_calls == []  # refused before any embedding
+
+
+def test_validation_metric_names_become_legal_tensorboard_tags(tmp_path, caplog):
+    # TensorBoard tags allow letters, digits and "_-./" (tensorboardX warns about any other
+    # character, per metric and validation). metrics.jsonl keeps the names the tasks give.
+    import struct
+
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.proto import event_pb2
+
+    from atjax import trainer
+
+    metrics = {"audiocaps_val/t2a_R@10": 0.5, "audiocaps_val/a2t_mAP@10": 0.25, "loss": 1.0}
+    with caplog.at_level("WARNING"):
+        writer = trainer.MetricsWriter(tmp_path, enabled=True)
+        writer.write(3, metrics)
+        writer.close()
+    assert "illegal" not in caplog.text
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record == {"step": 3, **metrics}
+    tags = set()
+    for path in (tmp_path / "tensorboard").glob("events.out.tfevents.*"):
+        data, at = path.read_bytes(), 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            tags |= {v.tag for v in event.summary.value}
+    assert tags == {"audiocaps_val/t2a_R_at_10", "audiocaps_val/a2t_mAP_at_10", "loss"}
+
+
+def test_probes_count_prepositions_in_the_pretraining_captions(prepared, caplog):
+    # Table 4's Tr row: the model's training sources, read from --data_dir, counted
+    # against a direct count of the prepared captions.
+    pytest.importorskip("data_pipeline.pipeline")
+    from atjax.evaluate import data as data_lib
+
+    data_dir, _ = prepared
+    captions = [c.strip() for split in ("train", "val")
+                for e in data_lib.read_split("audiocaps", split, data_dir, RATE)
+                for c in e["captions"] if c.strip()]
+    trained = ml_collections.ConfigDict(dict(
+        data=dict(sources="audiocaps:train+audiocaps:val")))
+    model = ToneEmbedder(config=trained)
+    out = evaluate.run_task("probes", model, data_dir=data_dir, read=Reader(_plain_sets()),
+                            acba_pairs=0, resamples=20)
+    assert out["tr_sentences"] == len(captions)
+    for prep in ("before", "after", "then", "followed by"):
+        key = prep.replace(" ", "_")
+        count = sum(prep in text_lib.prepositions_in(c) for c in captions)
+        assert out[f"tr_{key}_count"] == count
+        assert out[f"tr_{key}_share"] == pytest.approx(count / len(captions))
+    # Training sources that are not prepared: a warning that names the setting.
+    model = ToneEmbedder(config=ml_collections.ConfigDict(dict(
+        data=dict(sources="clotho:development"))))
+    with caplog.at_level("WARNING"):
+        out = evaluate.run_task("probes", model, data_dir=data_dir, read=Reader(_plain_sets()),
+                                acba_pairs=0, resamples=20)
+    assert "tr_sentences" not in out and "set pretraining_sources" in caplog.text
+    with pytest.raises(ValueError, match="pretraining_sources='clotho:development'"):
+        evaluate.run_task("probes", model, data_dir=data_dir, read=Reader(_plain_sets()),
+                          acba_pairs=0, pretraining_sources="clotho:development")
+
+
+def test_cli_names_what_a_task_cannot_run_on_in_one_line(monkeypatch, capsys, tmp_path):
+    """Errors about the settings or the data that a task meets while it runs (here: the
+    paper's probes without --data_dir) are one line and exit 2, not a traceback."""
+    monkeypatch.setattr(atjax, "load", lambda path: ToneEmbedder())
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["probes", "--model", "m", "--out", str(tmp_path / "o"),
+                  "--config.corpus=paper"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert "need --data_dir" in errors[0]

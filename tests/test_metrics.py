@@ -117,6 +117,37 @@ def test_bad_input(sim, rel, k, match):
         metrics.recall_at_k(sim, rel, k)
 
 
+@pytest.mark.parametrize("k", [0, -1, 2.5, "3", None, True])
+def test_non_positive_or_non_integer_k_is_refused(k):
+    sim, rel = np.zeros((2, 3)), np.ones((2, 3), bool)
+    for fn in (metrics.recall_at_k, metrics.mean_average_precision_at_k, metrics.hits_at_k):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            fn(sim, rel, k)
+
+
+@pytest.mark.parametrize("ks,map_k,match", [
+    ((-1, 5), 10, r"ks must hold positive integers, got \(-1, 5\)"),
+    ((0,), 10, "ks must hold positive integers"),
+    ((), 10, "ks is empty"),
+    ((1, 5), 0, "map_k must be a positive integer, got 0"),
+    ((1,), -3, "map_k must be a positive integer")])
+def test_summary_refuses_cutoffs_without_a_meaning(ks, map_k, match):
+    # R@-1 scored ranks [:-1], R@0 an empty top, mAP@0 divided by zero: all without error.
+    rng = np.random.default_rng(5)
+    sim, rel = _random_case(rng, queries=6, items=9, levels=4)
+    with pytest.raises(ValueError, match=match):
+        metrics.retrieval_summary(sim, rel, ks=ks, map_k=map_k)
+
+
+def test_summary_takes_integral_cutoffs_of_any_integer_type():
+    rng = np.random.default_rng(6)
+    sim, rel = _random_case(rng, queries=8, items=7, levels=3)
+    summary = metrics.retrieval_summary(sim, rel, ks=(np.int64(2), 20), map_k=np.int32(3))
+    assert summary == {"R@2": pytest.approx(_brute_recall(sim, rel, 2)),
+                       "R@20": pytest.approx(_brute_recall(sim, rel, 20)),
+                       "mAP@3": pytest.approx(_brute_map(sim, rel, 3))}
+
+
 def test_classification_metrics():
     true = np.array(["dog", "dog", "cat", "bird", "cat"])
     pred = np.array(["dog", "cat", "cat", "cat", "fish"])

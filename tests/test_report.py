@@ -1,6 +1,7 @@
 """atjax.report: results files -> the paper's tables and figures."""
 
 import json
+import pathlib
 
 import ml_collections
 import pytest
@@ -11,6 +12,7 @@ from atjax.probes import text as text_lib
 from standin_embedder import ToneEmbedder
 
 PNG = b"\x89PNG\r\n\x1a\n"
+PAPER_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "paper.py"
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +68,8 @@ def test_report_tables_and_figures(results_dir, tmp_path, capsys):
     row = next(line for line in md.splitlines() if line.startswith("| BERT-Base"))
     assert row.split(" | ")[1:] == ["0.801 (0.786)", "0.490 (0.486)", "0.440 (0.437)",
                                     "0.830 (0.822)", "0.770 (0.769)", "0.600 (0.622) |"]
-    # Rows the paper has and we did not run show the paper's number only.
-    assert "| RoBERTa-Base | – (0.779) |" in md
+    # Rows the paper has and we did not run say so beside the paper's number.
+    assert "| RoBERTa-Base | not run (0.779) |" in md
     # Table 2: the NV run; Table 3 with intervals; Table 4 counts and shares.
     assert "| NV | 0.790 (0.796) | – (0.524) | – (0.506) |" in md
     assert "0.860 [0.840, 0.880]" in md
@@ -163,3 +165,109 @@ def test_every_table_is_a_table_and_seeds_are_told_apart(results_dir, tmp_path):
         assert set(lines[1].replace("|", "")) == {"-"}, lines[1]
         assert {_table_cells(line) for line in lines} == {_table_cells(lines[1])}, block
     assert tables >= 5 and "MLP \\| Original" in md
+
+
+# ------------------------------------------------------------------------------------------
+# The paper's path: one baseline, every result shown, the paper's bars without intervals
+
+
+def _line(md: str, start: str, section: str | None = None) -> list[str]:
+    """The rows of `md` (or of its `### section`) that start with `start`."""
+    if section is not None:
+        md = md.split(f"### {section}")[1].split("\n### ")[0]
+    return [line for line in md.splitlines() if line.startswith(start)]
+
+
+def test_the_baselines_names_are_one_run_in_each_of_its_tables(tmp_path):
+    # configs/paper.py gives its three names one experiment; results written under an
+    # older name (here table2-original) count as it too.
+    from atjax import config as config_lib
+
+    root = tmp_path / "results"
+    for arg in ("table1-roberta-large", "table2-original", "table5-mlp-original"):
+        config = config_lib.load(f"{PAPER_CONFIG}:{arg}")
+        assert results_lib.experiment_of(config)["name"] == "baseline"
+    legacy = dict(text_encoder="roberta-large", head="mlp", data="original",
+                  name="table2-original")
+    _write(root, "b", "retrieval", "runs/b", legacy,
+           {"audiocaps/t2a_R@10": 0.79, "clotho/t2a_R@10": 0.5, "clotho_2022/t2a_R@10": 0.47})
+    runs, _ = report.load_runs([str(root)])
+    assert [r.label for r in runs] == ["baseline"]
+    md = report.render(runs)
+    cells = "0.790 (0.798) | 0.500 (0.505) | 0.470 (0.477)"
+    assert _line(md, "| RoBERTa-Large", "Table 1") == [
+        f"| RoBERTa-Large | {cells} | – (0.780) | – (0.753) | – (0.611) |"]
+    assert _line(md, "| Original", "Table 2") == [f"| Original | {cells} |"]
+    assert _line(md, "| MLP \\| Original", "Table 5") == [f"| MLP \\| Original | {cells} |"]
+    assert "| baseline | roberta-large | mlp | original | Table 1, Table 2, Table 5 | 1 |" in md
+
+
+def test_every_result_reaches_the_report(tmp_path):
+    root = tmp_path / "results"
+    tr = dict(text_encoder="roberta-large", head="transformer", data="acba",
+              name="table5-transformer-acba")
+    counts = {"tr_sentences": 1000}
+    for prep, n in (("before", 8), ("after", 9), ("then", 60), ("followed_by", 70)):
+        counts |= {f"tr_{prep}_count": n, f"tr_{prep}_share": n / 1000}
+    _write(root, "tr_probes", "probes", "runs/tr", tr,
+           {"sentences": 100, **counts, **_ci("swap_r1_original", 0.5),
+            **_ci("swap_r1_swapped", 0.3)})
+    _write(root, "tr_zeroshot", "zeroshot", "runs/tr", tr,
+           {"esc50/f1": 0.71, "urbansound8k/f1": 0.65})
+    _write(root, "tr_sed", "sed", "runs/tr", tr, {"desed/f1": 0.52})
+    runs, _ = report.load_runs([str(root)])
+    md = report.render(runs)
+    # Table 4's Tr row from the run's pre-training captions, beside the paper's.
+    assert _line(md, "| Tr", "Table 4") == [
+        "| Tr (paper) | 1036 (0.8%) | 1071 (0.9%) | 8177 (6.6%) | 8321 (6.8%) |",
+        "| Tr (table5-transformer-acba) | 8 (0.8%) | 9 (0.9%) | 60 (6.0%) | 70 (7.0%) |"]
+    # Fig. 2: the Transformer + ACBA run's clause-swap R@1.
+    assert _line(md, "| Transformer \\| +ACBA", "Fig. 2") == [
+        "| Transformer \\| +ACBA (table5-transformer-acba) | 0.500 [0.480, 0.520] "
+        "| 0.300 [0.280, 0.320] | – |"]
+    # The zero-shot and SED results of a run outside Table 1.
+    assert _line(md, "| table5-transformer-acba", "Zero-shot classification and SED") == [
+        "| table5-transformer-acba | roberta-large | Transformer | +ACBA | 0.710 | 0.650 "
+        "| 0.520 |"]
+    # Tables without results say so; the paper's own rows say "paper".
+    assert _line(md, "| ours", "Table 3") == ["| ours | not run | not run | not run | not run |"]
+    assert _line(md, "| PTe (ours)", "Table 4") == [
+        "| PTe (ours) | not run | not run | not run | not run |"]
+    assert "| Transformer \\| Original | not run (0.685) |" in md
+    assert _line(md, "| MLP \\| Original (paper)", "Fig. 2") == [
+        "| MLP \\| Original (paper) | 0.405 | 0.419 |  |"]
+    assert "Fig. 2, Table 4, zero-shot/SED" in md
+
+
+def test_the_papers_bars_carry_no_error_bars(results_dir, tmp_path, monkeypatch):
+    # The paper gives no intervals: its bars get no error bar (not zero-length ones with
+    # caps); ours get theirs, with visible caps.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    calls = []
+    real_bar, real_errorbar = Axes.bar, Axes.errorbar
+
+    def bar(self, x, height, *args, **kwargs):
+        calls.append(("bar", list(x), list(height), kwargs))
+        return real_bar(self, x, height, *args, **kwargs)
+
+    def errorbar(self, x, y, *args, **kwargs):
+        calls.append(("errorbar", list(x), list(y), kwargs))
+        return real_errorbar(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "bar", bar)
+    monkeypatch.setattr(Axes, "errorbar", errorbar)
+    runs, _ = report.load_runs([str(results_dir)])
+    report.figure2(runs, tmp_path)
+    paper = {v for p in report.PAPER_FIG2.values() for v in p}
+    bars = [c for c in calls if c[0] == "bar"]
+    assert all(c[3].get("yerr") is None for c in bars)
+    assert {h for c in bars if c[3].get("hatch") for h in c[2]} == paper
+    errors = [c for c in calls if c[0] == "errorbar"]
+    # Only the BERT-Base run's two bars (0.4 and 0.42, intervals of +-0.02) have errors.
+    assert sorted(y for c in errors for y in c[2]) == [0.4, 0.42]
+    assert all(c[3]["capsize"] > 0 for c in errors)
+    assert not paper & {y for c in errors for y in c[2]}

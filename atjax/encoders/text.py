@@ -520,11 +520,14 @@ def check_tokenizer(config: TextEncoderConfig, tokenizer: Tokenizer) -> None:
 
 def from_pretrained(path, *, dtype=jnp.float32, max_length: int = 32,
                     config: TextEncoderConfig | None = None) -> tuple[TextEncoder, Tokenizer]:
-    """(encoder, tokenizer) from a local Hugging Face folder; the encoder is in train mode.
+    """(encoder, tokenizer) from a local Hugging Face folder; the encoder is in inference
+    mode (`.eval()`: no dropout), as transformers' `from_pretrained` and
+    `panns.from_checkpoint` return theirs.
 
     `config` (e.g. a preset) is checked against the folder's config.json; its training
     settings (dropout rates, `remat_activation`) win.
-    Dropout draws from a stream seeded 0: reseed with `nnx.reseed(encoder, dropout=seed)`.
+    For fine-tuning call `encoder.train()`; dropout then draws from a stream seeded 0:
+    reseed with `nnx.reseed(encoder, dropout=seed)`.
     """
     folder = _local_folder(path)
     if config is None:
@@ -539,4 +542,5 @@ def from_pretrained(path, *, dtype=jnp.float32, max_length: int = 32,
         lambda: TextEncoder(config, dtype=dtype, rngs=nnx.Rngs(params=0, dropout=0)))
     nnx.reseed(encoder, dropout=0)
     load_weights(encoder, folder)
+    encoder.eval()
     return encoder, tokenizer

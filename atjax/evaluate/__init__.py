@@ -7,7 +7,8 @@
              and the order controls; on the built-in synthetic corpus for a model trained on it
 
 A task is a module with `default_config()` (its settings, an ml_collections ConfigDict) and
-`run(embedder, config, *, data_dir, read, ...) -> {metric: number}`. Adding a benchmark is
+`run(embedder, config, *, data_dir, read, ...) -> {metric: number}`, and optionally
+`check_config(config)`, which refuses bad settings (ValueError) before any embedding. Adding a benchmark is
 adding one module and one line in TASKS. The same code serves the CLI, the trainer's
 validation (`atjax.evaluators`) and any caller holding an embedder.
 """
@@ -58,7 +59,8 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 def task_config(name: str, settings: Mapping[str, Any] | None = None,
                 overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """The task's default settings with `settings` (python values, dotted keys allowed) and
-    `overrides` ("field=value" strings, typed like the CLI's) applied; unknown names raise."""
+    `overrides` ("field=value" strings, typed like the CLI's) applied; unknown names and
+    settings the task's `check_config` refuses raise ValueError."""
     from atjax import config as config_lib
 
     config = task_module(name).default_config()
@@ -76,6 +78,9 @@ def task_config(name: str, settings: Mapping[str, Any] | None = None,
             config_lib.apply_override(config, field, value)
         except config_lib.ConfigError as e:
             raise ValueError(str(e).replace("config field", "setting")) from e
+    check = getattr(task_module(name), "check_config", None)
+    if check is not None:
+        check(config)
     return config
 
 

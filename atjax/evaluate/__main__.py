@@ -20,6 +20,7 @@ import sys
 def main(argv=None) -> int:
     from atjax import config as config_lib
     from atjax import evaluate
+    from atjax.evaluate import data as data_lib
     from atjax.evaluate import results as results_lib
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -48,9 +49,14 @@ def main(argv=None) -> int:
 
     import atjax
 
-    embedder = atjax.load(args.model)
-    rec = evaluate.evaluate(args.task, embedder, model=args.model, out=args.out,
-                            data_dir=args.data_dir, overrides=overrides)
+    try:
+        embedder = atjax.load(args.model)
+        rec = evaluate.evaluate(args.task, embedder, model=args.model, out=args.out,
+                                data_dir=args.data_dir, overrides=overrides)
+    except (FileNotFoundError, data_lib.TaskInputError, config_lib.ConfigError) as e:
+        # No model there, a dataset that is not prepared, or settings or data that the
+        # task cannot run on: one line naming it, exit 2.
+        parser.error(" ".join(str(e).split()))
     print(f"{args.task}: {args.model}")
     print(results_lib.table(results_lib.metrics_of(rec)))
     print(f"wrote {args.out}/results.json")

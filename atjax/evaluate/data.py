@@ -18,16 +18,22 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+class TaskInputError(ValueError):
+    """Settings or data that a task cannot run on; the message names what to change.
+
+    `python -m atjax.evaluate` prints it as one line and exits 2 (no traceback)."""
+
+
 def parse_sources(spec: str) -> list[tuple[str, str]]:
     """"audiocaps:test,clotho:evaluation" -> [("audiocaps", "test"), ("clotho", "evaluation")]."""
     out = []
     for item in filter(None, (s.strip() for s in spec.replace("+", ",").split(","))):
         name, colon, split = item.partition(":")
         if not colon or not name or not split:
-            raise ValueError(f"dataset {item!r} is not name:split (in {spec!r})")
+            raise TaskInputError(f"dataset {item!r} is not name:split (in {spec!r})")
         out.append((name, split))
     if not out:
-        raise ValueError(f"no dataset in {spec!r}")
+        raise TaskInputError(f"no dataset in {spec!r}")
     return out
 
 

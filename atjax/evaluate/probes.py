@@ -15,9 +15,17 @@ Two corpora (setting `corpus`; "auto" picks by the model's training config):
   - BAT: an equal number of "before" and "after" sentences (seeded draw; `bat_size` caps
     each half, the paper used 88), the original vs the before<->after sentence against the
     sentence's clip. Key bat.
+  - Tr (Table 4's bottom row): the same counts over the pre-training captions
+    (`pretraining_sources`, by default the model's training sources): tr_<word>_count,
+    tr_<word>_share, tr_sentences.
   - ACBA order controls (`acba_pairs` > 0): pairs of AudioCaps test clips joined as in ACBA
     (data_pipeline.acba: 1 s cross-fade, captions joined by a random preposition), each with
-    its reversed-order twin: acba_twin, acba_bat, acba_bat_order_blind.
+    its reversed-order twin: acba_twin, acba_bat, acba_bat_order_blind. Asked for but
+    impossible (fewer than 2 clips of `acba_source` with an eligible caption and two
+    cross-fades long) is an error naming why the clips were excluded, raised before any
+    embedding.
+  Test sets without a sentence holding "as", "then" or a PTe preposition leave the
+  as/then, PTe and BAT figures out (a warning says why); the ACBA controls still run.
 * "synthetic": the held-out split of the built-in corpus (data_pipeline.synthetic_events),
   generated on demand with the corpus settings of the model's training config. A clip
   counts as a correct retrieval when it holds the same events as the query's clip (same
@@ -65,6 +73,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.acba_source = "audiocaps:test"
     c.acba_crossfade_seconds = 1.0
     c.acba_clip_seconds = 0.0       # pair length; 0 = the model's clip_seconds (else 10)
+    # Table 4's Tr row: the PTe prepositions counted in the pre-training captions, read
+    # through the training pipeline's caption index from --data_dir. "auto": the model's
+    # training sources (config.data.sources; skipped with a warning if not readable);
+    # a "name:split+..." spec; "" = off.
+    c.pretraining_sources = "auto"
     c.synthetic_heldout_size = 0    # 0 = the corpus settings' heldout_size
     c.batch_size = 32
     c.pad_seconds = 0.0             # > 0: pad clips to multiples of it (see evaluate.embed)
@@ -167,7 +180,7 @@ def run_synthetic(embedder, config, heldout=None) -> dict[str, float]:
     rate = corpus.CorpusConfig.from_mapping(settings).sample_rate
     examples = (heldout or corpus.heldout)(settings)
     if not examples:
-        raise ValueError("the synthetic held-out split is empty")
+        raise data_lib.TaskInputError("the synthetic held-out split is empty")
     ids = {e.id: i for i, e in enumerate(examples)}
     audio = embed.embed_clips(embedder, (e.audio for e in examples), sample_rate=rate,
                               batch_size=config.batch_size, total=len(examples),
@@ -257,15 +270,12 @@ def _unrelated_pairs(rows: list[int], events: list[set]) -> list[tuple[int, int]
 # The paper's test sets
 
 
-def _acba_controls(embedder, config, *, read, data_dir: str, rate: int, stats: _Stats) -> None:
-    """Twin test and BAT with its order-blind control on ACBA pairs of AudioCaps test clips.
-
-    Pair p is made as in training (data_pipeline.acba): two clips with eligible captions,
-    a preposition drawn uniformly, the sentence stating the true order, the audio cross-faded
-    and zero-padded to the model's clip length. Both parts are centre crops of one length P
-    (the clip length plus the fade, halved, or the shorter clip), so that the reversed twin
-    is exactly the same two parts in the other order.
-    """
+def _acba_pool(config, *, read, data_dir: str, rate: int) -> dict[str, list[str]]:
+    """The clips the ACBA order controls draw their pairs from: {clip id: its eligible
+    captions}, for clips at least two cross-fades long (as in training's pool: the
+    cross-fade would cover most of a shorter clip, and the caption would state an order
+    the audio does not have). Fewer than two such clips is an error that counts the
+    excluded clips by reason, since the controls were asked for (`acba_pairs` > 0)."""
     try:
         from data_pipeline import acba
     except ImportError as e:
@@ -273,30 +283,59 @@ def _acba_controls(embedder, config, *, read, data_dir: str, rate: int, stats: _
                           "acba_pairs=0 to skip them") from e
 
     (name, split), = data_lib.parse_sources(config.acba_source)
+    fade = acba.fade_samples(rate, config.acba_crossfade_seconds)
+    eligible: dict[str, list[str]] = {}
+    short = order_word = empty = 0
+    for example in read(name, split, data_dir, rate):
+        texts = [c.strip() for c in example.get("captions", []) if c.strip()]
+        caps = [c for c in texts if acba.eligible(c)]
+        if len(example["audio"]) < 2 * fade:
+            short += 1
+        elif caps:
+            eligible[example["id"]] = caps
+        elif texts:
+            order_word += 1
+        else:
+            empty += 1
+    if short:
+        log.warning("ACBA controls: skipped %d clips of %s shorter than two cross-fades (%.2f s)",
+                    short, config.acba_source, 2 * config.acba_crossfade_seconds)
+    if len(eligible) < 2:
+        reasons = [f"{n} {why}" for n, why in (
+            (short, f"shorter than two cross-fades ({2 * config.acba_crossfade_seconds:.2f} s; "
+                    "setting acba_crossfade_seconds)"),
+            (order_word, f"whose every caption names an order "
+                         f"({'/'.join(acba.PREPOSITIONS)})"),
+            (empty, "without captions")) if n]
+        raise data_lib.TaskInputError(
+            f"the ACBA order controls (acba_pairs={config.acba_pairs}) need at least 2 clips "
+            f"with an eligible caption in {config.acba_source}, found {len(eligible)}"
+            + (f"; excluded: {'; '.join(reasons)}" if reasons else "")
+            + "; lower acba_crossfade_seconds, change acba_source, or set acba_pairs=0 to "
+              "skip the controls")
+    return eligible
+
+
+def _acba_controls(embedder, config, *, read, data_dir: str, rate: int, stats: _Stats,
+                   eligible: dict[str, list[str]]) -> None:
+    """Twin test and BAT with its order-blind control on ACBA pairs of AudioCaps test clips
+    (`eligible`: the pool of `_acba_pool`).
+
+    Pair p is made as in training (data_pipeline.acba): two clips with eligible captions,
+    a preposition drawn uniformly, the sentence stating the true order, the audio cross-faded
+    and zero-padded to the model's clip length. Both parts are centre crops of one length P
+    (the clip length plus the fade, halved, or the shorter clip), so that the reversed twin
+    is exactly the same two parts in the other order.
+    """
+    from data_pipeline import acba
+
+    (name, split), = data_lib.parse_sources(config.acba_source)
     clip_seconds = (config.acba_clip_seconds
                     or float(results_lib.config_value(getattr(embedder, "config", None),
                                                       "model.clip_seconds", 10.0)))
     clip_samples = int(round(clip_seconds * rate))
     fade = acba.fade_samples(rate, config.acba_crossfade_seconds)
-    eligible: dict[str, list[str]] = {}
-    short = 0
-    for example in read(name, split, data_dir, rate):
-        caps = [c.strip() for c in example.get("captions", []) if c.strip()
-                and acba.eligible(c)]
-        # As in training's pool: the cross-fade would cover most of a clip shorter than two
-        # fades, and the caption would state an order the audio does not have.
-        if caps and len(example["audio"]) < 2 * fade:
-            short += 1
-        elif caps:
-            eligible[example["id"]] = caps
-    if short:
-        log.warning("ACBA controls: skipped %d clips of %s shorter than two cross-fades (%.2f s)",
-                    short, config.acba_source, 2 * config.acba_crossfade_seconds)
     clip_ids = sorted(eligible)
-    if len(clip_ids) < 2:
-        log.warning("ACBA controls need 2 clips with eligible captions in %s; skipped",
-                    config.acba_source)
-        return
     rng = np.random.default_rng(config.seed)
     plan = []
     for _ in range(config.acba_pairs):
@@ -349,8 +388,54 @@ def _acba_controls(embedder, config, *, read, data_dir: str, rate: int, stats: _
             **tol), pair_of[bat_rows])
 
 
+def preposition_counts(sentences: Sequence[str], prefix: str) -> dict[str, float]:
+    """Table 4's figures: sentences holding each PTe preposition, and their share."""
+    found = [text_lib.prepositions_in(s) for s in sentences]
+    out: dict[str, float] = {}
+    for prep in text_lib.PTE_PREPOSITIONS:
+        count = sum(prep in f for f in found)
+        key = prep.replace(" ", "_")
+        out[f"{prefix}_{key}_count"] = count
+        out[f"{prefix}_{key}_share"] = count / len(sentences)
+    out[f"{prefix}_count"] = sum(bool(f) for f in found)
+    return out
+
+
+def pretraining_counts(embedder, config, *, data_dir: str, rate: int) -> dict[str, float]:
+    """Table 4's Tr row from the pre-training captions (setting `pretraining_sources`)."""
+    sources = config.pretraining_sources
+    auto = sources == "auto"
+    if auto:
+        sources = results_lib.config_value(getattr(embedder, "config", None), "data.sources")
+        if not isinstance(sources, str) or not sources:
+            log.info("Table 4's Tr row: the model's config names no training sources; skipped")
+            return {}
+    if not sources:
+        return {}
+    try:
+        from data_pipeline import pipeline
+
+        catalogs = [pipeline.index_source(s) for s in pipeline.resolve_sources(
+            sources, data_dir=data_dir, sample_rate=rate, field="sources")]
+    except (ImportError, OSError, ValueError) as e:
+        if not auto:
+            raise data_lib.TaskInputError(f"pretraining_sources={sources!r}: {e}") from e
+        log.warning("Table 4's Tr row is not computed: the model's training sources %s cannot "
+                    "be read from %s (%s); set pretraining_sources to a readable spec, or "
+                    "\"\" to skip it", sources, data_dir, e)
+        return {}
+    sentences = [c.strip() for cat in catalogs for clip in cat.captions for c in clip
+                 if c.strip()]
+    if not sentences:
+        raise data_lib.TaskInputError(f"pretraining_sources {sources!r} hold no captions")
+    return {"tr_sentences": len(sentences), **preposition_counts(sentences, "tr")}
+
+
 def run_paper(embedder, config, *, read, data_dir: str) -> dict[str, float]:
     rate = retrieval.data_rate(embedder, config)
+    # The ACBA pool first: a pool too small for the controls fails before the long part.
+    acba_pool = (_acba_pool(config, read=read, data_dir=data_dir, rate=rate)
+                 if config.acba_pairs else None)
     sets = []
     for name, split in data_lib.parse_sources(config.datasets):
         caption_set, _ = retrieval.embed_caption_set(
@@ -370,14 +455,10 @@ def run_paper(embedder, config, *, read, data_dir: str) -> dict[str, float]:
     stats = _Stats(config)
     stats.out["sentences"] = len(sentences)
 
-    # Table 4: how many test sentences hold each preposition.
+    # Table 4: how many test (and pre-training) sentences hold each preposition.
     found = [text_lib.prepositions_in(s) for s in sentences]
-    for prep in text_lib.PTE_PREPOSITIONS:
-        count = sum(prep in f for f in found)
-        key = prep.replace(" ", "_")
-        stats.out[f"pte_{key}_count"] = count
-        stats.out[f"pte_{key}_share"] = count / len(sentences)
-    stats.out["pte_count"] = sum(bool(f) for f in found)
+    stats.out.update(preposition_counts(sentences, "pte"))
+    stats.out.update(pretraining_counts(embedder, config, data_dir=data_dir, rate=rate))
 
     # The manipulated sentences, embedded with the originals they need in one pass.
     as_then = {i: text_lib.swap_as_then(s) for i, s in enumerate(sentences)}
@@ -389,8 +470,15 @@ def run_paper(embedder, config, *, read, data_dir: str) -> dict[str, float]:
     needed = sorted(set(as_items + then_items + swap_items + bat_local))
     extra = ([as_then[i] for i in as_items] + [as_then[i] for i in then_items]
              + [clause[i] for i in swap_items] + bat_swapped)
-    text = embed.embed_texts(embedder, [sentences[i] for i in needed] + extra,
-                             batch_size=config.text_batch_size, desc="probe sentences")
+    if needed or extra:
+        text = embed.embed_texts(embedder, [sentences[i] for i in needed] + extra,
+                                 batch_size=config.text_batch_size, desc="probe sentences")
+    else:
+        # Nothing to query: the as/then, PTe and BAT figures stay out of the results.
+        log.warning("no test sentence of %s holds \"as\", \"then\" or %s: the as/then, "
+                    "PTe and BAT figures are not computed", config.datasets,
+                    "/".join(text_lib.PTE_PREPOSITIONS))
+        text = np.zeros((0, audio.shape[1]), audio.dtype)
     row = {i: r for r, i in enumerate(needed)}
     _, as_swapped, then_swapped, clause_text, bat_text = _split_rows(
         text, [len(needed), len(as_items), len(then_items), len(swap_items), len(bat_swapped)])
@@ -432,18 +520,19 @@ def run_paper(embedder, config, *, read, data_dir: str) -> dict[str, float]:
                                           text[[row[i] for i in bat_local]], bat_text,
                                           tie_tolerance=config.tie_tolerance))
     if config.acba_pairs:
-        _acba_controls(embedder, config, read=read, data_dir=data_dir, rate=rate, stats=stats)
+        _acba_controls(embedder, config, read=read, data_dir=data_dir, rate=rate, stats=stats,
+                       eligible=acba_pool)
     return stats.out
 
 
 def run(embedder, config, *, data_dir: str, read, heldout=None, **unused) -> dict[str, float]:
     if config.corpus not in CORPORA:
-        raise ValueError(f"corpus must be one of {CORPORA}, got {config.corpus!r}")
+        raise data_lib.TaskInputError(f"corpus must be one of {CORPORA}, got {config.corpus!r}")
     synthetic = config.corpus == "synthetic" or (
         config.corpus == "auto" and trained_on_synthetic(embedder))
     if synthetic:
         return run_synthetic(embedder, config, heldout=heldout)
     if not data_dir:
-        raise ValueError("the probes on the paper's test sets need --data_dir (or "
+        raise data_lib.TaskInputError("the probes on the paper's test sets need --data_dir (or "
                          "corpus=synthetic for the built-in corpus)")
     return run_paper(embedder, config, read=read, data_dir=data_dir)

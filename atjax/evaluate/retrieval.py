@@ -46,6 +46,48 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+DIRECTIONS = ("t2a", "a2t")
+
+
+def parse_directions(spec: str) -> tuple[str, ...]:
+    """"t2a,a2t" -> ("t2a", "a2t"); empty, unknown or repeated directions are errors."""
+    directions = tuple(d.strip() for d in str(spec).split(",") if d.strip())
+    if not directions:
+        raise ValueError(f"setting 'directions' names no direction ({spec!r}); "
+                         f"choose from {','.join(DIRECTIONS)}")
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown:
+        raise ValueError(f"setting 'directions': unknown direction(s) {unknown} "
+                         f"(known: {','.join(DIRECTIONS)})")
+    if len(set(directions)) != len(directions):
+        raise ValueError(f"setting 'directions' repeats a direction: {spec!r}")
+    return directions
+
+
+def check_config(config) -> None:
+    """Refuses settings that would give meaningless or no metrics, before any embedding."""
+    if isinstance(config.ks, (str, bytes)) or not isinstance(config.ks, (tuple, list)):
+        raise ValueError(f"setting 'ks' must be a tuple of cutoffs, got {config.ks!r}")
+    if not config.ks:
+        raise ValueError("setting 'ks' is empty: give at least one R@k cutoff, e.g. (1, 5, 10)")
+    for k in config.ks:
+        try:
+            metrics.check_k(k)
+        except ValueError:
+            raise ValueError(f"setting 'ks' must hold positive integers, "
+                             f"got {tuple(config.ks)!r}") from None
+    try:
+        metrics.check_k(config.map_k)
+    except ValueError:
+        raise ValueError(f"setting 'map_k' must be a positive integer, "
+                         f"got {config.map_k!r}") from None
+    parse_directions(config.directions)
+    for name in ("batch_size", "text_batch_size"):
+        if isinstance(config[name], bool) or not isinstance(config[name], int) \
+                or config[name] < 1:
+            raise ValueError(f"setting {name!r} must be an integer >= 1, got {config[name]!r}")
+
+
 @dataclasses.dataclass
 class CaptionSet:
     """A captioned test set, embedded: clip i has embedding audio[i]; caption j belongs to
@@ -106,6 +148,9 @@ def retrieval_metrics(text: np.ndarray, audio: np.ndarray, caption_clip: np.ndar
                       directions=("t2a", "a2t")) -> dict[str, float]:
     """R@k and mAP@map_k in both directions from unit-norm embeddings; caption i
     describes clip caption_clip[i]."""
+    directions = tuple(directions)
+    if not directions:
+        raise ValueError("directions is empty: choose t2a, a2t or both")
     caption_clip = np.asarray(caption_clip)
     if caption_clip.ndim != 1 or len(caption_clip) != len(text):
         raise ValueError(f"caption_clip must give one clip index per caption: {len(text)} "
@@ -146,8 +191,9 @@ def key_prefix(name: str, split: str) -> str:
 
 
 def run(embedder, config, *, data_dir: str, read, **unused) -> dict[str, float]:
+    check_config(config)
     sources, prefixed = _datasets(config)
-    directions = tuple(d.strip() for d in config.directions.split(",") if d.strip())
+    directions = parse_directions(config.directions)
     rate = data_rate(embedder, config)
     out: dict[str, float] = {}
     for name, split in sources:

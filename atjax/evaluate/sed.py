@@ -8,7 +8,8 @@ zeroshot) above a threshold marks the class active there; runs of active frames 
 
 The clips are split at random (seeded) into 20% validation and 80% test. The threshold is
 the value of an evenly spaced grid over [0, 1] that maximises the selection metric
-(default: segment-based F1) on the validation clips; the test clips are then scored with
+(default: segment-based F1) on the validation clips (an error if they hold no event, since
+no threshold is then better than another); the test clips are then scored with
 sed_eval's segment-based metrics on 1 s segments: F1 (overall, i.e. micro), class-wise
 averaged F1 (macro), error rate. A class with no output on a split scores F1 0, not
 undefined (sed_eval's `empty_system_output_handling="zero_score"`).
@@ -268,16 +269,16 @@ def _similarities(embedder, examples, class_text, *, rate, config, window_sample
 
     for example in examples:
         if "events" not in example:
-            raise ValueError(f"{config.dataset} has no event annotations")
+            raise data_lib.TaskInputError(f"{config.dataset} has no event annotations")
         audio = data_lib.to_float(example["audio"])
         if audio.ndim != 1 or audio.size == 0:
-            raise ValueError(f"clip {example['id']} is empty or not mono")
+            raise data_lib.TaskInputError(f"clip {example['id']} is empty or not mono")
         duration = audio.size / rate
         reference = [{"filename": example["id"], "event_label": label, "onset": float(on),
                       "offset": float(off)} for on, off, label in example["events"]]
         unknown = sorted({e["event_label"] for e in reference} - classes)
         if unknown:
-            raise ValueError(f"clip {example['id']}: event labels {unknown} are not among the "
+            raise data_lib.TaskInputError(f"clip {example['id']}: event labels {unknown} are not among the "
                              f"classes {list(config.classes)} (setting `classes`)")
         clips.append((example["id"], reference, duration))
         pending.append((len(clips) - 1, frame_windows(
@@ -289,7 +290,7 @@ def _similarities(embedder, examples, class_text, *, rate, config, window_sample
         flush()
     bar.close()
     if len(clips) < 2:
-        raise ValueError(f"{config.dataset}: need at least 2 clips for a validation/test "
+        raise data_lib.TaskInputError(f"{config.dataset}: need at least 2 clips for a validation/test "
                          f"split, got {len(clips)}")
     return [(cid, ref, dur, np.concatenate(rows[i])) for i, (cid, ref, dur) in enumerate(clips)]
 
@@ -297,7 +298,7 @@ def _similarities(embedder, examples, class_text, *, rate, config, window_sample
 def split_clips(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded random (validation, test) indices; at least one clip in each."""
     if not 0 < fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
+        raise data_lib.TaskInputError(f"validation_fraction must be in (0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(count)
     n_val = min(max(1, int(round(fraction * count))), count - 1)
     return np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -307,7 +308,7 @@ def run(embedder, config, *, data_dir: str, read, **unused) -> dict[str, float]:
     rate = int(config.sample_rate) or int(embedder.sample_rate)
     sources = data_lib.parse_sources(config.dataset)
     if len(sources) != 1:
-        raise ValueError(f"sed evaluates one dataset (config.dataset, e.g. desed:eval), got "
+        raise data_lib.TaskInputError(f"sed evaluates one dataset (config.dataset, e.g. desed:eval), got "
                          f"{config.dataset!r}")
     (name, split), = sources
     classes = list(config.classes)
@@ -328,6 +329,14 @@ def run(embedder, config, *, data_dir: str, read, **unused) -> dict[str, float]:
                               for i in val])
     val_max = np.concatenate([segment_max(clips[i][3], config.hop_seconds, clips[i][2],
                                           resolution) for i in val])
+    if not val_ref.any():
+        # Every score of the search is then undefined (F1) or rewards silence (error
+        # rate): no threshold would be chosen by the data.
+        raise data_lib.TaskInputError(
+            f"{name}:{split}: the {len(val)} validation clips (validation_fraction="
+            f"{config.validation_fraction}, seed={config.seed}) hold no events of the classes, "
+            "so no detection threshold can be chosen; raise the setting validation_fraction "
+            "or change seed")
     thresholds = np.linspace(0.0, 1.0, int(config.thresholds))
     scores = sweep(val_ref, val_max, thresholds)
     best = choose_threshold(scores, thresholds, config.select)
