@@ -16,7 +16,7 @@ from atjax import train_step as step_lib
 from atjax.bench import profile as profile_lib
 from atjax.bench import train_step as bench
 
-TINY = "configs/synthetic.py:size=tiny"
+TINY = f"{pathlib.Path(__file__).resolve().parents[1]}/configs/synthetic.py:size=tiny"
 
 
 @pytest.mark.slow
@@ -41,30 +41,39 @@ def test_train_step_bench_reports_consistent_figures(tmp_path, capsys):
     assert np.isfinite(line["loss"]) and line["loss"] > 0
 
 
-class _QueuedResult:
-    """A result that a simulated device finishes at `done` (perf_counter seconds)."""
+class _Clock:
+    """A fake `time.perf_counter` that moves only when told: the simulated host's and
+    device's times below are then exact, whatever else the machine is doing."""
 
-    def __init__(self, done):
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class _QueuedResult:
+    """A result that a simulated device finishes at `done` (clock seconds)."""
+
+    def __init__(self, clock, done):
+        self.clock = clock
         self.done = done
 
     def block_until_ready(self):
-        import time
-        time.sleep(max(0.0, self.done - time.perf_counter()))
+        self.clock.now = max(self.clock.now, self.done)  # the host waits for the device
         return self
 
 
-def _simulated_setup(host_s, device_s):
+def _simulated_setup(clock, host_s, device_s):
     """A bench Setup whose step takes `host_s` on the host to dispatch and `device_s` on a
     device that runs steps in order, one at a time, as a GPU stream does."""
-    import time
-
     device_free = [0.0]
 
     def step_fn(state, batch, rest, key):
-        time.sleep(host_s)  # the host's work before the step's first kernel is queued
-        start = max(time.perf_counter(), device_free[0])
+        clock.now += host_s  # the host's work before the step's first kernel is queued
+        start = max(clock.now, device_free[0])
         device_free[0] = start + device_s
-        return state, {"loss": _QueuedResult(device_free[0])}
+        return state, {"loss": _QueuedResult(clock, device_free[0])}
 
     return bench.Setup(config=None, step_fn=step_fn, compiled=None, state=(),
                        batches=[None, None], rest=None, key=None, num_samples=0,
@@ -84,20 +93,23 @@ def test_emit_appends_json_lines_into_a_new_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("host_s,device_s", [(0.030, 0.050), (0.050, 0.020)])
-def test_steady_state_timing_cancels_the_window_start(host_s, device_s):
+def test_steady_state_timing_cancels_the_window_start(host_s, device_s, monkeypatch):
     # A window started on an idle device pays once for the host's latency before the first
     # kernel (device-bound) or for the last step's device time (host-bound). The steady
-    # state must be what a long run sees: the slower side's time per step.
+    # state must be what a long run sees: the slower side's time per step. The bench reads
+    # the fake clock, so the figures are exact.
+    clock = _Clock()
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=clock))
     steps = 3
-    setup = _simulated_setup(host_s, device_s)
+    setup = _simulated_setup(clock, host_s, device_s)
     steady, cold, dispatches = bench.time_windows(setup, steps, repeats=2)
     assert len(steady) == len(cold) == 2 and len(dispatches) == 2 * 3 * steps
-    assert min(dispatches) >= host_s
+    assert dispatches == pytest.approx([host_s] * len(dispatches), abs=1e-9)
     for s in steady:
-        assert s == pytest.approx(max(host_s, device_s), abs=0.003)
+        assert s == pytest.approx(max(host_s, device_s), abs=1e-9)
     once = host_s if host_s < device_s else device_s  # what the window pays once
     for c in cold:
-        assert c == pytest.approx(max(host_s, device_s) + once / steps, abs=0.003)
+        assert c == pytest.approx(max(host_s, device_s) + once / steps, abs=1e-9)
     with pytest.raises(ValueError, match=">= 1"):
         bench.time_windows(setup, 0, 1)
 

@@ -4,13 +4,14 @@ attached CPU devices at a tiny size (a GPU target needs JAX's CUDA plugin, which
 environment does not install)."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
 
 from atjax.bench import aot
 
-TINY = "configs/synthetic.py:size=tiny"
+TINY = f"{pathlib.Path(__file__).resolve().parents[1]}/configs/synthetic.py:size=tiny"
 
 # A GPU-style entry computation: a forward fusion, a cuDNN convolution with its workspace,
 # an optimizer fusion whose hero is a transpose (a multi-output Adam kernel), the copy of

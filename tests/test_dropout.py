@@ -1,5 +1,7 @@
 """atjax.dropout: 32-bit masks are nnx.Dropout's; 16-bit masks have the stated statistics."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,9 +60,9 @@ def test_16_bits_in_eval_mode_bfloat16_and_edge_rates():
 
 
 def test_the_model_setting_reaches_every_dropout_site():
-    import importlib
-    synthetic = importlib.import_module("configs.synthetic")
-    config = synthetic.get_config("size=tiny").model
+    from atjax import config as config_lib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = config_lib.load(f"{root}/configs/synthetic.py:size=tiny").model
     config.unlock()
     config.text.pretrained = False
     config.dropout_mask_bits = 16

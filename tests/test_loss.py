@@ -38,12 +38,48 @@ def test_info_nce_is_scale_invariant_in_inputs_and_rewards_alignment():
     np.testing.assert_allclose(float(aligned), float(scaled), rtol=1e-5)
 
 
+def _bfloat16_info_nce(audio, text, logit_scale, *, only_logits=False):
+    """InfoNCE with the precision loss a float32 loss must not have: wholly in bfloat16
+    and cast at the end, or (`only_logits`) normalised in float32 and multiplied in
+    bfloat16. For the test below to show that it tells these apart."""
+    import jax
+    import optax
+
+    bf16 = jnp.bfloat16
+    if only_logits:
+        a = loss_lib.l2_normalize(audio).astype(bf16)
+        t = loss_lib.l2_normalize(text).astype(bf16)
+        logits = logit_scale.astype(jnp.float32) * (a @ t.T).astype(jnp.float32)
+    else:
+        a, t = audio.astype(bf16), text.astype(bf16)
+        a = a * jax.lax.rsqrt(jnp.sum(a * a, axis=-1, keepdims=True))
+        t = t * jax.lax.rsqrt(jnp.sum(t * t, axis=-1, keepdims=True))
+        logits = logit_scale.astype(bf16) * (a @ t.T)
+    labels = jnp.arange(logits.shape[0])
+    loss = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                  + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
+    return loss.astype(jnp.float32)
+
+
 def test_bfloat16_inputs_are_computed_in_float32():
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((8, 16)).astype(np.float32)
-    t = rng.standard_normal((8, 16)).astype(np.float32)
-    full, _ = loss_lib.info_nce(jnp.asarray(a), jnp.asarray(t), jnp.float32(10.0))
-    half, _ = loss_lib.info_nce(jnp.asarray(a, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16),
-                                jnp.float32(10.0))
-    assert half.dtype == jnp.float32
-    np.testing.assert_allclose(float(half), float(full), rtol=2e-2)
+    # bfloat16 embeddings (as the model emits them in bfloat16 compute) hold exact values;
+    # computed in float32, the loss of those values is the float64 reference's to ~1e-7.
+    # In bfloat16 (8 significant bits) the logits alone are off by ~1e-2 at this scale.
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((32, 64)).astype(np.float32)
+    t = (a + 2.0 * rng.standard_normal((32, 64))).astype(np.float32)
+    audio, text, scale = jnp.asarray(a, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16), 14.3
+    ref, a2t, t2a = _reference(np.asarray(audio, np.float64), np.asarray(text, np.float64), scale)
+    rtol = 1e-5
+
+    def close(value, expected):
+        return abs(float(value) - expected) <= rtol * abs(expected)
+
+    loss, metrics = loss_lib.info_nce(audio, text, jnp.float32(scale))
+    assert loss.dtype == jnp.float32
+    assert close(loss, ref), (float(loss), ref)
+    assert close(metrics["loss_audio_to_text"], a2t) and close(metrics["loss_text_to_audio"], t2a)
+    # The check fails a loss computed in bfloat16, wholly or in its logits only.
+    for only_logits in (False, True):
+        worse = _bfloat16_info_nce(audio, text, jnp.float32(scale), only_logits=only_logits)
+        assert worse.dtype == jnp.float32 and not close(worse, ref), (only_logits, float(worse))

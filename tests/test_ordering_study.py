@@ -1,29 +1,113 @@
-"""The README's main job (`python -m atjax.ordering_study`) end to end, on the tiny config."""
+"""The README's main job (`python -m atjax.ordering_study`) end to end, on the tiny config:
+what its summary, table, figure and report hold, checked against each run's results and,
+for the audio cosines, against embeddings recomputed here from the trained checkpoint."""
 
 import json
+import math
+import struct
 
+import numpy as np
 import pytest
 
 from atjax import ordering_study
+
+# The summary's columns, in the table's order.
+COLUMNS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "twin", "bat",
+           "bat_order_blind", "twin_audio_cosine", "unrelated_audio_cosine")
+
+
+def _table_rows(markdown: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == len(COLUMNS) + 1:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _audio_cosines(workdir) -> tuple[float, float]:
+    """(twin, unrelated) audio cosines of the held-out pairs, from the checkpoint: each
+    pair clip whose twin is in the split, once per pair, with its twin; and with the next
+    such clip, cyclically, that holds neither of its two sounds."""
+    from atjax import export
+    from data_pipeline.synthetic_events import corpus
+
+    embedder = export.load(workdir)
+    examples = corpus.heldout({"sample_rate": 16000})
+    index = {e.id: i for i, e in enumerate(examples)}
+    first = [i for i, e in enumerate(examples)
+             if e.kind == "pair" and e.twin in index and i < index[e.twin]]
+    twins = [index[examples[i].twin] for i in first]
+    audio = embedder.embed_audio(np.stack([examples[i].audio for i in first + twins]),
+                                 sample_rate=16000).astype(np.float64)
+    audio /= np.linalg.norm(audio, axis=1, keepdims=True)
+    mine, theirs = audio[:len(first)], audio[len(first):]
+    twin = float(np.mean(np.sum(mine * theirs, axis=1)))
+    sounds = [{name for name, *_ in examples[i].events} for i in first]
+    unrelated = []
+    for k in range(len(first)):
+        for step in range(1, len(first)):
+            other = (k + step) % len(first)
+            if not sounds[k] & sounds[other]:
+                unrelated.append(float(mine[k] @ mine[other]))
+                break
+    return twin, float(np.mean(unrelated))
 
 
 @pytest.mark.slow
 def test_study_runs_reports_and_refuses_stale_results(tmp_path, capsys):
     out = tmp_path / "study"
     args = ["--out", str(out), "--size", "tiny", "--heads", "mlp", "--batches", "random",
-            "--steps", "1", "--no_untrained", "--no_progress"]
+            "--steps", "1", "--no_progress"]
     assert ordering_study.main(args) == 0
     record = json.loads((out / "mlp-random-s0" / "results.json").read_text())
+    floor = json.loads((out / "untrained-mlp" / "results.json").read_text())
     assert record["study"] == {"size": "tiny", "steps": 1, "seed": 0}
+    assert floor["study"] == {"size": "tiny", "steps": 0, "seed": 0}
     # Each run carries its own experiment name, so seeds and floors are told apart.
     assert record["experiment"]["name"] == "synthetic-mlp-random-s0"
-    assert -1 - 1e-6 <= record["twin_audio_cosine"] <= 1 + 1e-6
-    summary = (out / "summary.md").read_text()
-    assert "| mlp random (n=1) |" in summary and "audio cos(pair, twin)" in summary
-    assert (out / "ordering.png").stat().st_size > 0
-    assert "synthetic-mlp-random-s0" in (out / "report" / "report.md").read_text()
+    assert floor["experiment"]["name"] == "synthetic-untrained-mlp"
+    runs = {"mlp untrained": floor, "mlp random": record}
+
+    for run in runs.values():
+        for key in COLUMNS:
+            low, value, high = (run[f"{key}{s}"] for s in ("_ci_low", "", "_ci_high"))
+            assert all(math.isfinite(x) for x in (low, value, high)), key
+            assert low <= value <= high and run[f"{key}_count"] > 0, key
+        assert run["single_r1_count"] + run["pair_r1_count"] + run["mix_r1_count"] == run["clips"]
+        assert run["twin_audio_cosine_count"] * 2 == run["pair_r1_count"]  # once per pair
+    # One Adam step moved the weights: the trained row is not the floor's model.
+    assert record["unrelated_audio_cosine"] != floor["unrelated_audio_cosine"]
+
+    # summary.json and summary.md: every run and column, the runs' own figures.
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == list(runs)
+    rows = _table_rows((out / "summary.md").read_text())
+    assert list(rows) == ["run"] + [f"{group} (n=1)" for group in runs]
+    assert rows["run"][0] == "single R@1" and rows["run"][-2] == "audio cos(pair, twin)"
+    for group, run in runs.items():
+        assert summary[group]["seeds"] == 1
+        for column, key in enumerate(COLUMNS):
+            assert math.isfinite(summary[group][key]), (group, key)
+            assert summary[group][key] == run[key], (group, key)
+            assert summary[group][f"{key}_seeds"] == [run[key]], (group, key)
+            assert rows[f"{group} (n=1)"][column] == f"{run[key]:.2f}", (group, key)
+
+    # The audio cosines, recomputed from the trained run's checkpoint. Close to 1 for
+    # so small a model: compared as distances from 1.
+    twin, unrelated = _audio_cosines(out / "mlp-random-s0" / "workdir")
+    np.testing.assert_allclose(1 - record["twin_audio_cosine"], 1 - twin, rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(1 - record["unrelated_audio_cosine"], 1 - unrelated, rtol=1e-3,
+                               atol=1e-7)
+
+    png = (out / "ordering.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert struct.unpack(">II", png[16:24]) == (840, 480)  # 7 x 4 inches at 120 dpi
+    report = (out / "report" / "report.md").read_text()
+    assert "synthetic-mlp-random-s0" in report and "synthetic-untrained-mlp" in report
+
     capsys.readouterr()
-    # The same call reuses the finished run; other steps would silently reuse it: refused.
+    # The same call reuses the finished runs; other steps would silently reuse them: refused.
     assert ordering_study.main(args) == 0
     assert "| mlp random (n=1) |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"holds a finished run with .*'steps': 1.*'steps': 2"):

@@ -187,3 +187,39 @@ def test_bad_embeddings():
         order.bat_scores(np.zeros((2, 3)), np.ones((2, 3)), np.ones((2, 3)))
     with pytest.raises(ValueError, match="shape"):
         order.twin_scores(np.ones((2, 3)), np.ones((3, 3)), np.ones((3, 3)))
+
+
+def test_bootstrap_ci_draws_in_several_blocks_as_one_resample_at_a_time():
+    # 4,096 units: the draws go in blocks of 2,000,000 // 4,096 = 488 resamples (488, 488
+    # and a last one of 24 for 1,000). Each resample must be one fresh draw of 4,096 units
+    # from the one seeded generator, as a plain loop makes them, one at a time.
+    n, resamples, seed = 4096, 1000, 9
+    assert resamples > 2 * (2_000_000 // n)
+    rng = np.random.default_rng(10)
+    # Items in groups of two (a pair and its twin), labels shuffled so that a group's
+    # members lie apart; the mean of a resample is over the items of the groups drawn.
+    labels = rng.permutation(np.repeat(np.arange(n), 2))
+    scores = rng.random(2 * n)
+    members = {}
+    for i, g in enumerate(labels):
+        members.setdefault(int(g), []).append(i)
+    units = sorted(members)
+    draws = np.random.default_rng(seed)
+    means = []
+    for _ in range(resamples):
+        drawn = [units[k] for k in draws.integers(0, n, size=n)]
+        means.append(sum(scores[i] for g in drawn for i in members[g])
+                     / sum(len(members[g]) for g in drawn))
+    want = np.quantile(means, [0.05, 0.95])
+    got = order.bootstrap_ci(scores, groups=labels, resamples=resamples, seed=seed, level=0.9)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # Without groups, 8,192 items: blocks of 244, the last one of 24.
+    draws = np.random.default_rng(seed)
+    items = [scores[draws.integers(0, 2 * n, size=2 * n)].mean() for _ in range(resamples)]
+    np.testing.assert_allclose(order.bootstrap_ci(scores, resamples=resamples, seed=seed),
+                               np.quantile(items, [0.025, 0.975]), rtol=1e-12)
+    # Group members stay together in every block: a group that scores 1 + 0 makes every
+    # resample's mean exactly 1/2.
+    opposite = np.where(np.arange(2 * n) == np.array([members[int(g)][0] for g in labels]),
+                        1.0, 0.0)
+    assert order.bootstrap_ci(opposite, groups=labels, resamples=resamples) == (0.5, 0.5)

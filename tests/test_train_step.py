@@ -228,15 +228,16 @@ def test_reseed_gives_nnx_reseeds_keys_in_one_op(impl):
     # Every dropout stream of the model (one per site) gets nnx.reseed's key and count,
     # bit for bit, eagerly and under jit (as in the train step); an integer seed works as
     # in nnx.reseed (eagerly), and a tag absent from the call (augment) keeps its key.
-    import importlib
+    import pathlib
 
     import jax
     from flax import nnx
 
+    from atjax import config as config_lib
     from atjax import model as model_lib
 
-    synthetic = importlib.import_module("configs.synthetic")
-    config = synthetic.get_config("size=tiny").model
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = config_lib.load(f"{root}/configs/synthetic.py:size=tiny").model
     config.unlock()
     config.text.pretrained = False
 
@@ -277,3 +278,141 @@ def test_reseed_gives_nnx_reseeds_keys_in_one_op(impl):
     stream.key.set_value(jax.random.split(stream.key[...], 2))
     with pytest.raises(ValueError, match="not a scalar key"):
         step_lib.reseed(model, dropout=jax.random.key(0, impl=impl))
+
+
+# ------------------------------------------------------------------------------------------
+# The optimizer (make_optimizer, learning_rate_schedule) against formulas written out here,
+# on the tiny model's parameter tree (shapes only: nothing is initialised or compiled).
+
+
+def _optimizer_setup(*overrides):
+    import pathlib
+
+    import jax
+    from flax import nnx
+
+    from atjax import config as config_lib
+    from atjax import model as model_lib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = config_lib.load(f"{root}/configs/synthetic.py:size=tiny", [
+        "optimizer.warmup_steps=0", "optimizer.decay_every_steps=1000000000",
+        "optimizer.decay_rate=1.0", "optimizer.grad_clip_norm=0.0",
+        "optimizer.text_learning_rate_scale=1.0", *overrides])
+    shapes = step_lib.split_model(nnx.eval_shape(lambda: model_lib.build(config.model)))[2]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+    assert set(params) >= {"text_encoder", "audio_encoder", "audio_head", "text_head"}
+    return config, params, jax
+
+
+def _leaf(tree, path):
+    for entry in path:
+        tree = tree[getattr(entry, "key", entry)]
+    return tree
+
+
+def _is_text(path) -> bool:
+    return getattr(path[0], "key", path[0]) == "text_encoder"
+
+
+def _adam_steps(config, params, grads, steps):
+    """The updates of `steps` optimizer steps, each with the same gradients `grads`."""
+    import jax
+
+    tx = step_lib.make_optimizer(config, params)
+    state = tx.init(params)
+    out = []
+    for _ in range(steps):
+        updates, state = tx.update(grads, state, params)
+        out.append(jax.tree.map(np.asarray, updates))
+    return out
+
+
+def test_learning_rate_schedule_is_linear_warmup_then_step_lr():
+    config, _, _ = _optimizer_setup("optimizer.learning_rate=0.002")
+    # StepLR: lr * gamma ** floor(step / decay_every).
+    config.optimizer.decay_every_steps, config.optimizer.decay_rate = 10, 0.5
+    schedule = step_lib.learning_rate_schedule(config)
+    for step in (0, 1, 9, 10, 11, 19, 20, 35, 99, 100):
+        np.testing.assert_allclose(float(schedule(step)), 0.002 * 0.5 ** (step // 10),
+                                   rtol=1e-6, err_msg=str(step))
+    # A linear warmup from 0 over its steps; StepLR counts the steps after it.
+    config.optimizer.warmup_steps = 4
+    schedule = step_lib.learning_rate_schedule(config)
+    for step in (0, 1, 2, 3):
+        np.testing.assert_allclose(float(schedule(step)), 0.002 * step / 4, rtol=1e-6, atol=0)
+    for step in (4, 5, 13, 14, 23, 24, 104):
+        np.testing.assert_allclose(float(schedule(step)), 0.002 * 0.5 ** ((step - 4) // 10),
+                                   rtol=1e-6, err_msg=str(step))
+
+
+def test_adam_steps_follow_the_schedule_and_scale_the_text_rate():
+    # With the same gradient g at every step, Adam's bias-corrected moments are g and g^2,
+    # so step k moves each weight by -lr(k) * g / (|g| + eps): the rate of each step, read
+    # back. The text encoder's is lr(k) * text_learning_rate_scale.
+    config, params, jax = _optimizer_setup(
+        "optimizer.learning_rate=0.004", "optimizer.warmup_steps=2",
+        "optimizer.decay_every_steps=3", "optimizer.decay_rate=0.1",
+        "optimizer.text_learning_rate_scale=0.25")
+    rng = np.random.default_rng(1)
+    grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+    rates = [0.0, 0.002, 0.004, 0.004, 0.004, 0.0004, 0.0004]
+    eps = config.optimizer.eps
+    for k, updates in enumerate(_adam_steps(config, params, grads, len(rates))):
+        for path, u in jax.tree_util.tree_leaves_with_path(updates):
+            g = np.asarray(_leaf(grads, path), np.float64)
+            rate = rates[k] * (0.25 if _is_text(path) else 1.0)
+            np.testing.assert_allclose(u, -rate * g / (np.abs(g) + eps), rtol=2e-5, atol=1e-12,
+                                       err_msg=f"step {k} {jax.tree_util.keystr(path)}")
+
+
+def test_a_frozen_text_encoder_stays_put_while_the_rest_trains():
+    import optax
+
+    config, params, jax = _optimizer_setup("model.text.freeze=True",
+                                           "optimizer.learning_rate=0.001")
+    rng = np.random.default_rng(2)
+    grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+    tx = step_lib.make_optimizer(config, params)
+    state = tx.init(params)
+    new = params
+    for _ in range(3):
+        updates, state = tx.update(grads, state, new)
+        new = optax.apply_updates(new, updates)
+    moved = {jax.tree_util.keystr(p): float(np.max(np.abs(np.asarray(_leaf(new, p)) - x)))
+             for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    text = {k: v for k, v in moved.items() if k.startswith("['text_encoder']")}
+    rest = {k: v for k, v in moved.items() if k not in text}
+    assert len(text) > 5 and all(v == 0.0 for v in text.values()), text
+    # Three Adam steps of a constant gradient move every other weight by 3 * lr.
+    for k, v in rest.items():
+        assert v == pytest.approx(0.003, rel=1e-3), k
+
+
+def test_clipping_scales_the_gradients_to_the_global_norm_first():
+    # A large eps makes Adam's step depend on the gradient's size: -lr * g / (|g| + eps),
+    # with g the gradients scaled by min(1, clip / global norm) over every parameter.
+    clip, eps, lr = 0.5, 0.01, 0.001
+    config, params, jax = _optimizer_setup(f"optimizer.grad_clip_norm={clip}",
+                                           f"optimizer.eps={eps}", f"optimizer.learning_rate={lr}")
+    rng = np.random.default_rng(3)
+    grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+    norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
+    assert norm > 20 * clip
+    (updates,) = _adam_steps(config, params, grads, 1)
+    worst_unclipped = 0.0
+    for path, u in jax.tree_util.tree_leaves_with_path(updates):
+        g = np.asarray(_leaf(grads, path), np.float64)
+        clipped = g * clip / norm
+        np.testing.assert_allclose(u, -lr * clipped / (np.abs(clipped) + eps), rtol=1e-4,
+                                   atol=1e-12, err_msg=jax.tree_util.keystr(path))
+        worst_unclipped = max(worst_unclipped, float(np.max(
+            np.abs(u + lr * g / (np.abs(g) + eps)) / (lr * np.abs(g) / (np.abs(g) + eps)))))
+    assert worst_unclipped > 0.5  # unclipped gradients would have moved the weights apart
+    # Below the threshold the gradients pass unchanged.
+    config.optimizer.grad_clip_norm = float(2 * norm)
+    (updates,) = _adam_steps(config, params, grads, 1)
+    for path, u in jax.tree_util.tree_leaves_with_path(updates):
+        g = np.asarray(_leaf(grads, path), np.float64)
+        np.testing.assert_allclose(u, -lr * g / (np.abs(g) + eps), rtol=1e-4, atol=1e-12)
