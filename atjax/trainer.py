@@ -263,14 +263,33 @@ class Trainer:
                evaluate_fn: Callable[[inference.Embedder], dict[str, float]] | None) -> None:
         config = self.config
         m = config.model
+        # What a fresh run creates here, removed again if the set-up fails (a text folder
+        # that does not fit the config, say): a refused run leaves no half-started workdir.
+        fresh = [p for p in (self.workdir / "checkpoints", self.workdir / "best",
+                             self.workdir / "config.json") if not p.exists()]
         self.checkpoints = ckpt_lib.Checkpoints(
             self.workdir, keep=config.keep_checkpoints,
             best_metric=config.best_metric or None, best_mode=config.best_mode)
         self.resume_step = self.checkpoints.latest_step()
+        try:
+            self._build(input_factory, evaluate_fn)
+        except BaseException:
+            self.checkpoints.close()
+            if self.resume_step is None and self.is_main:
+                for path in fresh:
+                    if path.is_dir() and not any(path.iterdir()):
+                        path.rmdir()
+                    elif path.is_file():
+                        path.unlink()
+            raise
+
+    def _build(self, input_factory: InputFactory,
+               evaluate_fn: Callable[[inference.Embedder], dict[str, float]] | None) -> None:
+        config = self.config
+        m = config.model
         # A resumed run writes config.json once its checkpoint has been restored, so that a
         # run started with a config that does not fit leaves the workdir's config intact.
-        if self.resume_step is None:
-            self._write_config()
+        # A fresh one writes it once the model and its pretrained weights are in place.
         # Best value and patience, saved with every checkpoint: a resumed run goes on
         # counting where the interrupted one was, and one that stopped early stays stopped.
         self.early = {"best_value": None, "evals_without_improvement": 0,
@@ -279,6 +298,8 @@ class Trainer:
         if self.resume_step is None:
             model_lib.load_pretrained(model, m)  # a resumed run has these in its checkpoint
         self.tokenizer = model_lib.make_tokenizer(m)
+        if self.resume_step is None:
+            self._write_config()
         self.train_def, self.eval_def, params, batch_stats, self.rest = \
             step_lib.split_model(model)
         self.tx = step_lib.make_optimizer(config, params)
@@ -472,7 +493,9 @@ class Trainer:
             the step is a logging step."""
             values = check(entry)
             done = entry[0]
-            if done % c.log_every_steps or done <= clock["step"]:
+            # Every log_every_steps-th step, and the last one (a run shorter than
+            # log_every_steps still logs).
+            if (done % c.log_every_steps and done != c.total_steps) or done <= clock["step"]:
                 return
             now = time.perf_counter()
             rate = (done - clock["step"]) * c.batch_size / (now - clock["time"])

@@ -475,3 +475,22 @@ def test_the_cli_reports_a_failed_save_without_a_traceback(tmp_path, capsys, mon
                            str(tmp_path / "run"), "--no_progress"])
     assert code == 1
     assert "error: saving the checkpoint of step 4 failed" in capsys.readouterr().err
+
+
+def test_a_run_shorter_than_log_every_steps_logs_its_last_step(tmp_path):
+    workdir = tmp_path / "run"
+    _in_process(workdir, 1, "log_every_steps=10").train()
+    assert _logged_steps(workdir) == [1]
+    assert _tensorboard_steps(workdir) == [1]
+
+
+def test_a_refused_fresh_run_leaves_no_config_or_checkpoint_folders(tmp_path):
+    """A text folder that does not fit the config (the tiny encoder's overrides against
+    MiniLM's config.json) refuses the run before anything of it is written."""
+    from atjax import config as config_lib
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with pytest.raises(config_lib.ConfigError, match="does not match .*config.json"):
+        _in_process(workdir, 1, "model.text.pretrained=True")
+    assert sorted(p.name for p in workdir.iterdir()) in ([], [trainer_lib.LOCK_NAME])

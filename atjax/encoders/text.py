@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from atjax import attention as attention_lib
+from atjax import config as config_lib
 from atjax import dropout as dropout_lib
 from atjax import gelu as gelu_lib
 from atjax import layer_norm as layer_norm_lib
@@ -498,7 +499,7 @@ def check_folder_config(config: TextEncoderConfig, path) -> None:
               for f in dataclasses.fields(config) if f.name not in _NON_ARCHITECTURE_FIELDS
               and getattr(config, f.name) != getattr(found, f.name)]
     if differ:
-        raise ValueError(f"the text encoder config does not match {folder}/config.json "
+        raise config_lib.ConfigError(f"the text encoder config does not match {folder}/config.json "
                          f"(config vs file): {'; '.join(differ)}")
 
 
@@ -508,13 +509,13 @@ def check_tokenizer(config: TextEncoderConfig, tokenizer: Tokenizer) -> None:
     position embedding."""
     where = tokenizer.path
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
+        raise config_lib.ConfigError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
                          f"vocabulary is {config.vocab_size}")
     if tokenizer.pad_token_id != config.pad_token_id:
-        raise ValueError(f"{where}: tokenizer pads with id {tokenizer.pad_token_id} but the "
+        raise config_lib.ConfigError(f"{where}: tokenizer pads with id {tokenizer.pad_token_id} but the "
                          f"model's pad_token_id is {config.pad_token_id}")
     if tokenizer.max_length > config.max_tokens:
-        raise ValueError(f"max_length {tokenizer.max_length} exceeds the model's "
+        raise config_lib.ConfigError(f"max_length {tokenizer.max_length} exceeds the model's "
                          f"{config.max_tokens} positions ({where})")
 
 
