@@ -44,8 +44,9 @@ def _check_sources(config) -> None:
             if base not in datasets.SPLITS[name]:
                 raise config_lib.ConfigError(f"data.{field}: {name} has no split {base!r}; "
                                              f"splits: {', '.join(datasets.SPLITS[name])}")
-            # (An empty data_dir is TFDS's default folder, resolved where it is opened.)
-            if data.get("data_dir") and not datasets.builder(
+            # (An empty data_dir is TFDS's default folder, resolved where it is opened; a
+            # procedural dataset is generated there on first use.)
+            if data.get("data_dir") and name not in datasets.PROCEDURAL and not datasets.builder(
                     name, data.data_dir, rate).is_prepared():
                 raise FileNotFoundError(
                     f"data.{field}: {name} at {rate} Hz is not prepared in data.data_dir="

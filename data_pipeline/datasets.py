@@ -19,8 +19,12 @@ TensorFlow and TFDS are imported when a builder is asked for, not at import time
 from __future__ import annotations
 
 import importlib
+import logging
 import re
+import time
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 NAMES = (
     "audiocaps",
@@ -91,6 +95,8 @@ def load_split(name: str, split: str, data_dir: str, sample_rate: int = 32000):
     preparation did not produce raises an error that says what to run or what was missing.
     """
     b = builder(name, data_dir, sample_rate)
+    if not b.is_prepared() and name in PROCEDURAL:
+        _prepare_procedural(b, name, data_dir, sample_rate)
     if not b.is_prepared():
         raise FileNotFoundError(
             f"{name} at {sample_rate} Hz is not prepared in {data_dir} (no {b.data_path}); "
@@ -105,6 +111,21 @@ def load_split(name: str, split: str, data_dir: str, sample_rate: int = 32000):
                 + _why_not_prepared(b, base)
             )
     return b.as_dataset(split=split, shuffle_files=False)
+
+
+def _prepare_procedural(b, name: str, data_dir: str, sample_rate: int) -> None:
+    """Generates a procedural dataset on first use, as TFDS prepares a downloadable one:
+    it needs no release, so a fresh data folder works without a separate prepare step.
+    TFDS writes into a temporary folder and renames it when complete, so a run stopped
+    part-way leaves nothing that passes for prepared."""
+    log.info("%s at %d Hz is not prepared in %s: generating it now (once; later runs "
+             "reuse it)", name, sample_rate, data_dir or "TFDS's default folder")
+    start = time.time()
+    b.download_and_prepare()
+    count = sum(info.num_examples for info in b.info.splits.values())
+    seconds = time.time() - start
+    log.info("%s prepared: %d examples in %.0f s (%.1f examples/s) -> %s", name, count,
+             seconds, count / max(seconds, 1e-9), b.data_path)
 
 
 def _why_not_prepared(b, split: str) -> str:

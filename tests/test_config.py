@@ -206,10 +206,10 @@ def test_train_cli_names_an_unprepared_dataset(tmp_path, capsys):
     from atjax import train
 
     line = _cli_error(train.main, ["--config", SYNTHETIC, "--workdir", str(tmp_path / "run"),
-                                   f"--config.data.data_dir={tmp_path / 'data'}"], capsys)
-    assert f"synthetic_events at 16000 Hz is not prepared in data.data_dir={tmp_path / 'data'}" \
-        in line
-    assert "python -m data_pipeline.prepare synthetic_events" in line
+                                   f"--config.data.data_dir={tmp_path / 'data'}",
+                                   "--config.data.sources=clotho:development"], capsys)
+    assert f"clotho at 16000 Hz is not prepared in data.data_dir={tmp_path / 'data'}" in line
+    assert "python -m data_pipeline.prepare clotho --manual_dir DIR" in line
 
 
 def test_train_cli_names_a_workdir_it_cannot_use(tmp_path, capsys):

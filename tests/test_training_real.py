@@ -1,5 +1,5 @@
-"""`python -m atjax.train` end to end on the tiny synthetic config: the real input pipeline
-over the prepared built-in corpus, a loss that falls below chance, the checkpoints, and the
+"""`python -m atjax.train` end to end on the tiny synthetic config: the built-in corpus
+prepared on first use in a fresh data folder, the real input pipeline over it, a loss that falls below chance, the checkpoints, and the
 validation that `config.evals` asks for, run inside the training run."""
 
 import json
@@ -14,14 +14,16 @@ STEPS, EVAL_EVERY, BATCH = 100, 50, 8
 
 
 @pytest.mark.slow
-def test_train_cli_lowers_the_loss_and_validates_and_checkpoints_in_the_run(tmp_path):
+def test_train_cli_lowers_the_loss_and_validates_and_checkpoints_in_the_run(tmp_path, caplog):
+    import logging
+
     from atjax import checkpoint as ckpt_lib
     from atjax import export
     from atjax import train
-    from data_pipeline import prepare
 
+    caplog.set_level(logging.INFO, logger="data_pipeline.datasets")
+    # A fresh data folder: the built-in corpus prepares itself on first use.
     data_dir = tmp_path / "data"
-    prepare.prepare("synthetic_events", data_dir=str(data_dir), sample_rate=16000)
     workdir = tmp_path / "run"
     evals = {"val": {"type": "probes", "synthetic_heldout_size": 40, "resamples": 20}}
     # A higher rate than the config's, for every part: the loss then falls within 100
@@ -33,6 +35,8 @@ def test_train_cli_lowers_the_loss_and_validates_and_checkpoints_in_the_run(tmp_
         f"--config.batch_size={BATCH}", "--config.optimizer.learning_rate=0.005",
         "--config.optimizer.text_learning_rate_scale=1.0", f"--config.data.data_dir={data_dir}",
         f"--config.evals={evals!r}"]) == 0
+    assert "synthetic_events at 16000 Hz is not prepared in" in caplog.text
+    assert "synthetic_events prepared:" in caplog.text
 
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
