@@ -336,28 +336,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    """argparse type: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atjax.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -369,10 +347,11 @@ def main(argv=None) -> int:
                         "the index records)")
     parser.add_argument("--approximate", action="store_true", default=None,
                         help="use the approximate (IVF) index")
-    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=index_lib.positive_seconds, default=DEFAULT_TIMEOUT,
                         help="seconds before an idle or stalled connection is closed "
                              f"(default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--max-connections", type=_count, default=DEFAULT_MAX_CONNECTIONS,
+    parser.add_argument("--max-connections", type=index_lib.positive_int,
+                        default=DEFAULT_MAX_CONNECTIONS,
                         help="connections served at once, one thread each; more get 503 "
                              f"(default {DEFAULT_MAX_CONNECTIONS})")
     args = parser.parse_args(argv)

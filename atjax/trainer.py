@@ -262,7 +262,6 @@ class Trainer:
     def _setup(self, input_factory: InputFactory,
                evaluate_fn: Callable[[inference.Embedder], dict[str, float]] | None) -> None:
         config = self.config
-        m = config.model
         # What a fresh run creates here, removed again if the set-up fails (a text folder
         # that does not fit the config, say): a refused run leaves no half-started workdir.
         fresh = [p for p in (self.workdir / "checkpoints", self.workdir / "best",
