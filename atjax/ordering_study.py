@@ -25,12 +25,14 @@ import time
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
 METRICS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "twin", "bat",
-           "bat_order_blind", "twin_audio_cosine", "unrelated_audio_cosine")
+           "bat_order_blind", "twin_audio_cosine", "unrelated_audio_cosine",
+           "swap_text_cosine")
 HEADLINE = {"single_r1": "single R@1", "pair_r1": "pair R@1",
             "swap_r1_original": "PTe-style R@1 orig", "swap_r1_swapped": "R@1 swapped",
             "twin": "twin test", "bat": "BAT", "bat_order_blind": "BAT order-blind",
             "twin_audio_cosine": "audio cos(pair, twin)",
-            "unrelated_audio_cosine": "audio cos(pair, unrelated pair)"}
+            "unrelated_audio_cosine": "audio cos(pair, unrelated pair)",
+            "swap_text_cosine": "text cos(caption, clause-swapped)"}
 
 
 def _config(head: str, batches: str, seed: int, args):

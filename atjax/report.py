@@ -78,7 +78,8 @@ NOT_RUN = "not run"
 DATA = {"original": "Original", "nv": "NV", "acba": "+ACBA", "nv+acba": "NV +ACBA",
         "synthetic": "synthetic"}
 SYNTHETIC_COLUMNS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "bat",
-                     "bat_order_blind", "twin", "twin_audio_cosine", "unrelated_audio_cosine")
+                     "bat_order_blind", "twin", "twin_audio_cosine", "unrelated_audio_cosine",
+                     "swap_text_cosine")
 
 
 # Folder names that say where a run keeps its model, not which run it is.

@@ -13,7 +13,8 @@ from atjax import ordering_study
 
 # The summary's columns, in the table's order.
 COLUMNS = ("single_r1", "pair_r1", "swap_r1_original", "swap_r1_swapped", "twin", "bat",
-           "bat_order_blind", "twin_audio_cosine", "unrelated_audio_cosine")
+           "bat_order_blind", "twin_audio_cosine", "unrelated_audio_cosine",
+           "swap_text_cosine")
 
 
 def _table_rows(markdown: str) -> dict[str, list[str]]:
@@ -54,6 +55,22 @@ def _audio_cosines(workdir) -> tuple[float, float]:
     return twin, float(np.mean(unrelated))
 
 
+def _text_swap_cosine(workdir) -> float:
+    """Mean cosine of each held-out pair caption with its clause-swapped form."""
+    from atjax import export
+    from atjax.probes import text as text_lib
+    from data_pipeline.synthetic_events import corpus
+
+    embedder = export.load(workdir)
+    captions = [e.caption for e in corpus.heldout({"sample_rate": 16000}) if e.kind == "pair"]
+    swapped = [text_lib.swap_clauses(c) for c in captions]
+    kept = [(c, s) for c, s in zip(captions, swapped) if s is not None]
+    assert kept
+    text = embedder.embed_text([c for c, _ in kept] + [s for _, s in kept]).astype(np.float64)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    return float(np.mean(np.sum(text[:len(kept)] * text[len(kept):], axis=1)))
+
+
 @pytest.mark.slow
 def test_study_runs_reports_and_refuses_stale_results(tmp_path, capsys):
     out = tmp_path / "study"
@@ -84,7 +101,8 @@ def test_study_runs_reports_and_refuses_stale_results(tmp_path, capsys):
     assert list(summary) == list(runs)
     rows = _table_rows((out / "summary.md").read_text())
     assert list(rows) == ["run"] + [f"{group} (n=1)" for group in runs]
-    assert rows["run"][0] == "single R@1" and rows["run"][-2] == "audio cos(pair, twin)"
+    assert rows["run"][0] == "single R@1" and rows["run"][-3] == "audio cos(pair, twin)"
+    assert rows["run"][-1] == "text cos(caption, clause-swapped)"
     for group, run in runs.items():
         assert summary[group]["seeds"] == 1
         for column, key in enumerate(COLUMNS):
@@ -99,6 +117,12 @@ def test_study_runs_reports_and_refuses_stale_results(tmp_path, capsys):
     np.testing.assert_allclose(1 - record["twin_audio_cosine"], 1 - twin, rtol=1e-3, atol=1e-7)
     np.testing.assert_allclose(1 - record["unrelated_audio_cosine"], 1 - unrelated, rtol=1e-3,
                                atol=1e-7)
+
+    # The text cosine, recomputed from the checkpoint: each held-out pair caption whose
+    # clauses swap, against its swapped form.
+    np.testing.assert_allclose(1 - record["swap_text_cosine"],
+                               1 - _text_swap_cosine(out / "mlp-random-s0" / "workdir"),
+                               rtol=1e-3, atol=1e-7)
 
     png = (out / "ordering.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"

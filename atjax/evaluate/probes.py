@@ -31,9 +31,10 @@ Two corpora (setting `corpus`; "auto" picks by the model's training config):
   counts as a correct retrieval when it holds the same events as the query's clip (same
   classes, in the same order for pairs), since the held-out split repeats contents.
   Keys single_r1, pair_r1, mix_r1, swap_r1_original, swap_r1_swapped, swap_r1_delta, bat,
-  bat_order_blind, twin, twin_audio_cosine (a pair clip's audio with its reversed twin's)
-  and unrelated_audio_cosine (with a pair clip that holds neither of its sounds: the
-  former's scale).
+  bat_order_blind, twin, twin_audio_cosine (a pair clip's audio with its reversed twin's),
+  unrelated_audio_cosine (with a pair clip that holds neither of its sounds: the
+  former's scale) and swap_text_cosine (a pair caption's text with its clause-swapped
+  form's: the text side's order-blindness, as twin_audio_cosine is the audio side's).
 
 Every probe figure comes with `_ci_low`/`_ci_high` (percentile bootstrap over its items,
 seeded, `resamples` draws) and `_count`. Probe math lives in atjax.probes.order.
@@ -227,6 +228,10 @@ def run_synthetic(embedder, config, heldout=None) -> dict[str, float]:
         stats.add("swap_r1_original", original, groups(swappable))
         stats.add("swap_r1_swapped", swapped, groups(swappable))
         stats.add_difference("swap_r1_delta", original, swapped, groups(swappable))
+        # The text side alone: how alike a pair caption and its clause-swapped form embed
+        # (1 when the text embedding ignores the order the caption states).
+        stats.add("swap_text_cosine", order.cosine_rows(caption_text[swappable], swapped_text),
+                  groups(swappable))
     tol = dict(tie_tolerance=config.tie_tolerance)
     if bat_items:
         twin_of = [ids.get(examples[i].twin) for i in bat_items]
