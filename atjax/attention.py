@@ -10,10 +10,8 @@ query/key/value projection's output to the context the output projection reads:
 Why a kernel: captions are ~32 tokens. For RoBERTa-Large at batch 64, XLA:GPU runs this
 core, per layer and direction, as two batched 32 x 32 matmuls, a softmax in two kernels
 and layout shuffles that move the heads between the projection's [batch, token, head,
-dim] layout and the [batch, head, token, dim] one its batched matmuls take. In the
-56115ca H200 profile those took about 1.6 ms of a 42.4 ms step, the shuffles 0.73 ms
-of it (`benchmarks/h200_profile_2026-11-26_56115ca_taps_copies.txt`, re-read with
-`--top 5000`). Here one program per (sequence, head) reads its query, key and value
+dim] layout and the [batch, head, token, dim] one its batched matmuls take, a few
+percent of the paper's step on a GPU (docs: README speed section). Here one program per (sequence, head) reads its query, key and value
 tiles straight from the projection's output, keeps the 32 x 32 logits in registers and
 writes its context where the output projection reads it; the backward program recomputes
 the softmax instead of storing it, and writes the three gradients into one array in the

@@ -16,7 +16,7 @@ It times nothing and autotunes nothing (there is no GPU to try cuDNN's or cuBLAS
 algorithms on), so a kernel's layout and fusion are XLA's, its algorithm a default; the
 peak memory was 0.7 GiB under the allocator's peak on an H200 (13.08 against 13.77 GiB
 for the defaults at b42f9cd's model). Its use: to see, without a GPU, what a change does
-to the compiled step before a GPU session times it.
+to the compiled step before it is timed on a GPU.
 
 A GPU target needs JAX's CUDA plugin at jaxlib's version, not its CUDA libraries (`pip
 install --no-deps jax-cuda12-plugin==V jax-cuda12-pjrt==V`, V = jaxlib.__version__);

@@ -10,7 +10,7 @@ relative to the reference's largest magnitude, whether both are within the toler
 the dtype (a bfloat16 rounding step or two: 2**-6; float32, TF32 allowed: 3e-3) and the microseconds per
 call of each form (median of `--repeats` windows of `--calls` calls, the device
 synchronised around each window). The exit status is 1 if the kernel does not match, so
-that a GPU session sees a wrong kernel before it times a training step with it.
+that a wrong kernel is caught before a training step is timed with it.
 
 `--interpret` runs the kernel in Pallas's interpreter (any device; its time means nothing):
 how the command is tested on a CPU.

@@ -764,7 +764,7 @@ def reread(folder: str | pathlib.Path, top: int = 25,
     launch/gpu_bench.sh leave it (profile.json, step.hlo.txt[.gz|.xz],
     trace.xplane.pb[.gz|.xz]). The setting and the host-clock step time come from its
     profile.json; profile.json and profile.txt are rewritten in `out` (made if missing),
-    by default in `folder` itself. A GPU session's trace outlives its machine, and what the
+    by default in `folder` itself. A saved trace outlives the machine it was taken on, and what the
     reader learns later (rates, attributions) then applies to it; `out` leaves a kept
     trace's files (benchmarks/traces/) as they are, e.g. for a longer `top` list."""
     folder = pathlib.Path(folder)
@@ -803,7 +803,7 @@ def main(argv=None) -> int:
                              "folder for the new profile.json and profile.txt (default: "
                              "the re-read folder)")
     parser.add_argument("--reread", default=None, metavar="DIR",
-                        help="attribute a saved profile (a --out folder, or a GPU session's "
+                        help="attribute a saved profile (a --out folder, or the "
                              "output of launch/gpu_bench.sh) again and rewrite its "
                              "profile.json and profile.txt (in --out if given); builds and "
                              "runs nothing")
