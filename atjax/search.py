@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import io
 import itertools
 import json
 import logging
 import os
 import pathlib
-import stat
 import sys
 import threading
 
@@ -34,6 +32,7 @@ import numpy as np
 
 from atjax import audio_index as store
 from atjax import index as index_lib
+from atjax import indexed_file
 
 log = logging.getLogger("atjax.search")
 
@@ -508,85 +507,20 @@ class Searcher:
         """The real path of the file behind an id, if `open_audio` would hand it out."""
         try:
             audio = self.open_audio(file_id)
-        except AudioRefused:
+        except indexed_file.AudioRefused:
             return None
         audio.file.close()
         return audio.real_path
 
-    def open_audio(self, file_id: int) -> AudioFile:
-        """The indexed file behind an id, opened for reading; AudioRefused says why not.
-
-        Only a regular file whose real path (every symbolic link resolved) lies inside the
-        index's root is opened, and only while its size and modification time are those
-        recorded when it was indexed (the index format requires both for every file): a
-        link re-pointed, or a file replaced, after indexing is refused, never read.
-        """
+    def open_audio(self, file_id: int) -> indexed_file.AudioFile:
+        """The file behind an id, opened while it is the one indexed (atjax.indexed_file)."""
         with self._lock:  # one SQLite connection, shared by the server's threads
             entry = self.index.get_file(file_id)
         if entry is None or entry.error is not None:
-            raise AudioRefused("missing", "not found")
-        root = os.path.realpath(self.index.settings.root)
-        real = os.path.realpath(self.index.resolve(entry))
-        if not _inside(real, root):
-            raise AudioRefused("outside", "the file lies outside the indexed folder")
-        try:
-            # No link is followed at the last step (one swapped in since realpath is
-            # refused), and a FIFO put in the file's place cannot block the open.
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise AudioRefused("missing", "the indexed file is gone") from None
-        except OSError:
-            raise AudioRefused("changed", "the indexed file cannot be opened") from None
-        try:
-            st = os.fstat(fd)
-            opened = _opened_path(fd)  # where the file really is, on systems that tell
-            if opened is not None and not _inside(opened, root):
-                raise AudioRefused("outside", "the file lies outside the indexed folder")
-            if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (
-                    entry.size, entry.mtime_ns):
-                raise AudioRefused("changed", "the file changed since it was indexed; "
-                                   "index the folder again")
-            os.set_blocking(fd, True)
-            return AudioFile(os.fdopen(fd, "rb"), st.st_size, entry.path.rsplit("/", 1)[-1],
-                             pathlib.Path(real))
-        except BaseException:
-            os.close(fd)
-            raise
-
-
-class AudioRefused(Exception):
-    """Why `Searcher.open_audio` hands out no file.
-
-    `kind` is "missing" (no such indexed file, or it is gone), "outside" (its real path
-    lies outside the indexed folder) or "changed" (not the file that was indexed).
-    """
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-
-
-@dataclasses.dataclass
-class AudioFile:
-    """An indexed file as `Searcher.open_audio` hands it out."""
-    file: io.BufferedReader    # open for reading; the caller closes it
-    size: int                  # bytes, as of opening
-    name: str                  # the indexed file name (for its media type)
-    real_path: pathlib.Path
-
-
-def _inside(path: str, root: str) -> bool:
-    """Whether `path` is `root` or lies below it, compared by path components."""
-    return pathlib.PurePath(path).is_relative_to(root)
-
-
-def _opened_path(fd: int) -> str | None:
-    """The path of an open file as the kernel knows it (Linux), else None."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
+            raise indexed_file.AudioRefused("missing", "not found")
+        return indexed_file.open_indexed(self.index.settings.root, self.index.resolve(entry),
+                                         size=entry.size, mtime_ns=entry.mtime_ns,
+                                         name=entry.path.rsplit("/", 1)[-1])
 
 
 # -- command line -------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import threading
 import urllib.parse
 
 from atjax import index as index_lib
+from atjax import indexed_file
 from atjax import search as search_lib
 
 log = logging.getLogger("atjax.serve")
@@ -235,7 +236,7 @@ def make_server(searcher: search_lib.Searcher, host: str = "127.0.0.1", port: in
         def _audio(self, file_id: int):
             try:
                 audio = searcher.open_audio(file_id)
-            except search_lib.AudioRefused as r:
+            except indexed_file.AudioRefused as r:
                 if r.kind != "missing":
                     log.warning("not serving file id %d: %s", file_id, r.reason)
                 raise _Refusal(_REFUSED_AUDIO[r.kind], r.reason) from None
