@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def load(path):
-    """Loads an export bundle (or a training workdir) for inference. See atjax.export."""
-    from atjax import export
+    """Loads an export bundle (or a training workdir) for inference. See atjax.bundle."""
+    from atjax import bundle
 
-    return export.load(path)
+    return bundle.load(path)

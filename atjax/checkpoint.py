@@ -25,19 +25,51 @@ import logging
 import os
 import pathlib
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
-from atjax.encoders import panns
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint whose saved state does not fit the model being restored into."""
+    """Saved weights or state (a PANNs .pth, a Hugging Face folder, a ResNet directory, a
+    training step, an export bundle) that do not fit the model being filled: another
+    architecture or config. The message lists every offender (`mismatch`)."""
+
+
+def _listing(items: list[str], limit: int | None) -> str:
+    if limit is None or len(items) <= limit:
+        return ", ".join(items)
+    more = f" ... and {len(items) - limit} more"
+    return ", ".join(items[:limit]) + more
+
+
+def mismatch(source: str, target: str, saved: Mapping[str, Any], wanted: Mapping[str, Any],
+             *, problems: Sequence[tuple[str, list[str]]] = (), hint: str = "",
+             limit: int | None = 12) -> CheckpointMismatchError | None:
+    """The error saying how `saved` (name -> shape) does not fit `wanted` (name -> shape),
+    or None if it fits: one line, "SOURCE does not fit TARGET: missing (n): ...; unexpected
+    (n): ...; wrong shape (n): NAME saved (..), model (..)", then further `problems`
+    (label, names) and `hint`. Each list shows its first `limit` names (None: all)."""
+    missing = [key for key in wanted if key not in saved]
+    unexpected = sorted(key for key in saved if key not in wanted)
+    misshaped = [f"{key} saved {tuple(saved[key])}, model {tuple(shape)}"
+                 for key, shape in wanted.items()
+                 if key in saved and tuple(saved[key]) != tuple(shape)]
+    listed = [(f"{label} ({len(keys)})", keys) for label, keys in (
+        ("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped),
+        *problems) if keys]
+    if not listed:
+        return None
+    message = f"{source} does not fit {target}: " + "; ".join(
+        f"{label}: {_listing(keys, limit)}" for label, keys in listed)
+    return CheckpointMismatchError(message + (f". {hint}" if hint else ""))
 
 
 class CheckpointDamagedError(ValueError):
@@ -87,7 +119,7 @@ def _digest_problems(directory: pathlib.Path) -> list[str] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        logging.warning("%s is unreadable (%s): verified as if there were no digest",
+        log.warning("%s is unreadable (%s): verified as if there were no digest",
                         directory / DIGEST_FILE, error)
         return None
     problems = []
@@ -123,7 +155,7 @@ def _write_digests(directories: list[pathlib.Path]) -> None:
         try:
             write_digest(directory)
         except OSError as error:  # e.g. a full disk, or retention removed the step
-            logging.warning("could not write the digest of %s (%s): it will be verified "
+            log.warning("could not write the digest of %s (%s): it will be verified "
                             "only by being restored", directory, error)
 
 
@@ -147,6 +179,15 @@ def _everywhere(ok: bool) -> bool:
         return ok
     from jax.experimental import multihost_utils
     return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def check_workdir(workdir) -> None:
+    """A workdir is a file-system path: pathlib would make "gs://b/x" a local folder
+    "gs:/b/x" on every host."""
+    if "://" in str(workdir):
+        raise ValueError(f"workdir {str(workdir)!r} is a URL; atjax writes its workdir through "
+                         "the file system: mount the bucket (e.g. gcsfuse) or use a shared "
+                         "file system path that every host sees")
 
 
 class Checkpoints:
@@ -262,10 +303,10 @@ class Checkpoints:
                 f"{where} is damaged: non-finite values in {len(bad)} leaves: "
                 + ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else ""))
         if problems is None:
-            logging.warning("%s carries no digest (saved by an older atjax, or stopped before "
+            log.warning("%s carries no digest (saved by an older atjax, or stopped before "
                             "its digest was written): it is verified only by being restored, "
                             "with finite values", where)
-        logging.info("restored step %d from %s", step, manager.directory)
+        log.info("restored step %d from %s", step, manager.directory)
         return state, input_state
 
     def _read(self, manager, step: int, abstract_state: Any, where: str):
@@ -273,34 +314,27 @@ class Checkpoints:
             return manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), input=ocp.args.JsonRestore()))
 
-        # A run saved by older code resumes rather than losing its progress: its state is
-        # tried in each older layout (OLDER_LAYOUTS) after the current one fails, and
-        # converted. A checkpoint that fits none is of another model when its metadata
-        # says which leaves differ; otherwise orbax could not read it: it is damaged.
+        # A checkpoint that cannot be restored into this state is of another model when
+        # its metadata says which leaves differ; otherwise orbax could not read it: it is
+        # damaged.
         try:
             restored = attempt(abstract_state)
             state = restored.state
         except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds
-            for name, saved_form, to_current in OLDER_LAYOUTS:
-                try:
-                    restored = attempt(saved_form(abstract_state))
-                except Exception:  # noqa: BLE001
-                    continue
-                state = to_current(restored.state)
-                logging.warning("step %d of %s was saved in an older layout (%s); restored "
-                                "it into the current one", step, manager.directory, name)
-                break
-            else:
-                diffs = self._diffs(manager, step, abstract_state)
-                if diffs:
-                    raise CheckpointMismatchError(self._mismatch(manager, step, diffs,
-                                                                 error)) from None
-                root = error  # tensorstore's own error says which file and how
-                while root.__cause__ is not None:
-                    root = root.__cause__
-                detail = (str(root).splitlines() or [""])[0][:300]
-                raise CheckpointDamagedError(f"{where} is damaged: orbax cannot read it "
-                                             f"({type(root).__name__}: {detail})") from None
+            saved = self._saved_shapes(manager, step)
+            misfit = saved and mismatch(
+                where, "the model this config builds", saved, shapes(abstract_state),
+                hint="The workdir holds a run of another model config: resume it with the "
+                     "config.json beside it, or train in a new workdir. (orbax: "
+                     f"{str(error).splitlines()[0][:300]})")
+            if misfit:
+                raise misfit from None
+            root = error  # tensorstore's own error says which file and how
+            while root.__cause__ is not None:
+                root = root.__cause__
+            detail = (str(root).splitlines() or [""])[0][:300]
+            raise CheckpointDamagedError(f"{where} is damaged: orbax cannot read it "
+                                         f"({type(root).__name__}: {detail})") from None
         input_state = restored.input
         if input_state is not None and not isinstance(input_state, dict):
             raise CheckpointDamagedError(f"{where} is damaged: its input position is "
@@ -316,11 +350,11 @@ class Checkpoints:
             try:
                 state, input_state = self.restore(step, abstract_state)
             except CheckpointDamagedError as error:
-                logging.warning("%s; trying the step before it", error)
+                log.warning("%s; trying the step before it", error)
                 damaged.append(str(error))
                 continue
             if damaged:
-                logging.warning("restored step %d of %s, the newest intact one; %d newer "
+                log.warning("restored step %d of %s, the newest intact one; %d newer "
                                 "steps are damaged", step, self.latest.directory, len(damaged))
             return step, state, input_state
         if damaged:
@@ -346,7 +380,7 @@ class Checkpoints:
             moved.append(target)
             if jax.process_index() == 0:
                 (root / str(s)).rename(target)
-                logging.warning("moved damaged step %d to %s (delete it to free the space)",
+                log.warning("moved damaged step %d to %s (delete it to free the space)",
                                 s, target)
         if later:
             if jax.process_count() > 1:
@@ -356,33 +390,14 @@ class Checkpoints:
         return moved
 
     @staticmethod
-    def _diffs(manager, step: int, abstract_state: Any) -> list[str]:
-        """What does not fit, leaf by leaf, as far as the checkpoint's metadata says."""
+    def _saved_shapes(manager, step: int) -> dict[str, tuple]:
+        """Each saved leaf's shape by path, as far as the checkpoint's metadata says
+        (empty when it says nothing: then nothing says it is another model)."""
         try:
             saved = manager.item_metadata(step)["state"]
-            saved = getattr(saved, "tree", saved)
-            has_shape = lambda x: hasattr(x, "shape")  # noqa: E731
-
-            def shapes(tree):  # by path, a dataclass's fields and a dict's keys alike
-                return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                                 for k in p): tuple(x.shape) for p, x in
-                        jax.tree_util.tree_leaves_with_path(tree, is_leaf=has_shape)}
-
-            got, want = shapes(saved), shapes(abstract_state)
-            if not got:  # no metadata to compare: nothing says it is another model
-                return []
-            return [f"{k}: saved {got.get(k, 'absent')}, model {want.get(k, 'absent')}"
-                    for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)]
+            return shapes(getattr(saved, "tree", saved))
         except Exception:  # noqa: BLE001 - unreadable metadata names no leaves
-            return []
-
-    @staticmethod
-    def _mismatch(manager, step: int, diffs: list[str], error: Exception) -> str:
-        listed = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-        return (f"step {step} in {manager.directory} does not fit the model this config builds"
-                f": {listed}. The workdir holds a run of another model "
-                f"config: resume it with the config.json beside it, or train in a new workdir. "
-                f"(orbax: {str(error).splitlines()[0][:300]})")
+            return {}
 
     def wait(self) -> None:
         """Waits for the saves in flight and writes their digests."""
@@ -395,42 +410,13 @@ class Checkpoints:
             self.best.close()
 
 
-def _is_legacy_leaf(x) -> bool:
-    return isinstance(x, dict) and set(x) == {"value"} and not isinstance(x["value"], dict)
-
-
-def _legacy_layout(tree: Any) -> Any:
-    """`tree` with each leaf whose parent is a dict moved under {"value": leaf}; optax's
-    MaskedNode (a masked-out parameter's empty optimizer state) counts as a leaf."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: {"value": x} if path and isinstance(path[-1], jax.tree_util.DictKey)
-        else x, tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
-
-
-def _from_legacy_layout(tree: Any) -> Any:
-    return jax.tree.map(lambda x: x["value"] if _is_legacy_leaf(x) else x, tree,
-                        is_leaf=_is_legacy_leaf)
-
-
-def _nnx_hwio_layout(tree: Any) -> Any:
-    return _legacy_layout(panns.hwio_kernel_shapes(tree))
-
-
-def _from_nnx_hwio_layout(tree: Any) -> Any:
-    return panns.kernels_from_hwio(_from_legacy_layout(tree))
-
-
-# (name, the saved form of a state's shapes, the conversion of what was restored):
-#   - before the train state became plain dicts, every dict leaf sat one level deeper,
-#     under "value" (how nnx.State flattened);
-#   - before 2026-11-26 the audio encoder's conv kernels (and Adam's moments of them)
-#     were HWIO, now OHWI (atjax.encoders.panns.Conv);
-#   - and both.
-OLDER_LAYOUTS = (
-    ("nnx.State leaves under 'value'", _legacy_layout, _from_legacy_layout),
-    ("HWIO conv kernels", panns.hwio_kernel_shapes, panns.kernels_from_hwio),
-    ("nnx.State leaves and HWIO conv kernels", _nnx_hwio_layout, _from_nnx_hwio_layout),
-)
+def shapes(tree: Any) -> dict[str, tuple]:
+    """Each leaf's shape by path ("params/audio_encoder/fc1/kernel"), a dataclass's fields
+    and a dict's keys alike."""
+    def name(key):
+        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+    return {"/".join(name(k) for k in path): tuple(x.shape) for path, x in
+            jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))}
 
 
 def abstract_like(tree: Any, sharding=None) -> Any:

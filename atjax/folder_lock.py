@@ -1,5 +1,5 @@
 """An exclusive lock on a folder that one process at a time may write: a training workdir
-(atjax.trainer) or an audio index (atjax.audio_index).
+(atjax.trainer) or an audio index (atjax.search.store).
 
 The lock is flock(2) on a file in the folder, taken without waiting. The kernel drops it
 when the holding process exits, however it exits (SIGKILL included), so a lock left by a

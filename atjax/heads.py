@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from atjax import dropout as dropout_lib
+from atjax.kernels import dropout as dropout_lib
 
 
 class MLPHead(nnx.Module):
@@ -28,9 +28,9 @@ class MLPHead(nnx.Module):
     pooled = True  # consumes one vector per example
 
     def __init__(self, in_dim: int, out_dim: int, *, dropout_rate: float = 0.1,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, mask_bits: int = 32, rngs: nnx.Rngs):
         self.fc1 = nnx.Linear(in_dim, out_dim, dtype=dtype, rngs=rngs)
-        self.dropout = dropout_lib.Dropout(dropout_rate, rngs=rngs)
+        self.dropout = dropout_lib.Dropout(dropout_rate, mask_bits=mask_bits, rngs=rngs)
         self.fc2 = nnx.Linear(out_dim, out_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -56,7 +56,7 @@ class TransformerLayer(nnx.Module):
     (1e-5), where pre-LN is markedly more stable."""
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout_rate: float,
-                 *, dtype, rngs: nnx.Rngs):
+                 *, dtype, mask_bits: int = 32, rngs: nnx.Rngs):
         self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
         self.attention = nnx.MultiHeadAttention(
             num_heads=num_heads, in_features=dim, dtype=dtype, dropout_rate=dropout_rate,
@@ -64,7 +64,7 @@ class TransformerLayer(nnx.Module):
         self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
         self.mlp_in = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
         self.mlp_out = nnx.Linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
-        self.dropout = dropout_lib.Dropout(dropout_rate, rngs=rngs)
+        self.dropout = dropout_lib.Dropout(dropout_rate, mask_bits=mask_bits, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         # mask: [B, 1, L, L] boolean, True where attention is allowed.
@@ -81,12 +81,12 @@ class TransformerHead(nnx.Module):
 
     def __init__(self, in_dim: int, out_dim: int, *, num_layers: int = 2, num_heads: int = 2,
                  mlp_dim: int | None = None, dropout_rate: float = 0.1,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, mask_bits: int = 32, rngs: nnx.Rngs):
         self.input_proj = nnx.Linear(in_dim, out_dim, dtype=dtype, rngs=rngs)
         self.cls = nnx.Param(jax.random.normal(rngs.params(), (1, 1, out_dim)) * 0.02)
         self.layers = nnx.List([
             TransformerLayer(out_dim, num_heads, mlp_dim or 2 * out_dim, dropout_rate,
-                             dtype=dtype, rngs=rngs)
+                             dtype=dtype, mask_bits=mask_bits, rngs=rngs)
             for _ in range(num_layers)
         ])
         self.final_norm = nnx.LayerNorm(out_dim, rngs=rngs)
@@ -111,7 +111,9 @@ HEADS = {"mlp": MLPHead, "transformer": TransformerHead}
 
 
 def make_head(kind: str, in_dim: int, out_dim: int, *, dropout_rate: float = 0.1,
-              dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Module:
+              dtype=jnp.float32, mask_bits: int = 32, rngs: nnx.Rngs) -> nnx.Module:
+    """An Agg/Proj head; `mask_bits` is its dropout masks' (atjax.kernels.dropout)."""
     if kind not in HEADS:
         raise ValueError(f"unknown Agg/Proj head {kind!r}; choose one of {sorted(HEADS)}")
-    return HEADS[kind](in_dim, out_dim, dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
+    return HEADS[kind](in_dim, out_dim, dropout_rate=dropout_rate, dtype=dtype,
+                       mask_bits=mask_bits, rngs=rngs)

@@ -9,11 +9,9 @@ is dispatched meanwhile. The trainer reads each step's metrics one step late, so
 is at most about one step ahead of the device, and a pause longer than the step's slack
 leaves the device idle.
 
-Measured on the 2-core CPU machine (`python -m atjax.bench host_gc --config
-configs/paper.py`, benchmarks/cpu_host_gc_2026-11-26.jsonl): with the trainer's modules
-imported and the paper's train state built, a full collection took 147 ms, and 300 calls
-of a step returning that state set off 10 of them; after `freeze()`, a full collection
-took under a millisecond.
+With the trainer's modules imported and the paper's train state built, a full collection
+takes about a hundred times longer than after `freeze()` (`python -m atjax.bench host_gc`
+measures both; docs/performance.md has the figures).
 
 `freeze()` collects once and moves every surviving object to the permanent generation,
 which later collections skip; `thaw()` hands them back. Objects created after the freeze

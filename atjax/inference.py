@@ -122,7 +122,10 @@ class Embedder:
 
         Audio at another rate is resampled to the model's. Clips of different lengths are
         embedded in groups of equal length; with the Transformer head each is padded with
-        silence to a whole number of chunks.
+        silence to a whole number of chunks. A clip shorter than `min_samples`, the least
+        the audio network takes (`(downsampling - 1) * hop_length` samples: 0.31 s for
+        ResNet38 at 32 kHz), is padded with silence to it, as the search indexer pads a
+        file shorter than its window.
         """
         sample_rate = self.sample_rate if sample_rate is None else int(sample_rate)
         clips = [np.asarray(w) for w in waveforms]
@@ -139,6 +142,8 @@ class Embedder:
             clips = [audio_lib.resample(c, sample_rate, self.sample_rate) for c in clips]
         if any(c.size == 0 for c in clips):
             raise ValueError("embed_audio got an empty waveform")
+        clips = [np.pad(c, (0, self.min_samples - c.size)) if c.size < self.min_samples else c
+                 for c in clips]
         if self._chunk:
             clips = [np.pad(c, (0, -c.size % self._chunk)) for c in clips]
         out = np.zeros((len(clips), self.embed_dim), np.float32)
@@ -151,6 +156,11 @@ class Embedder:
         for indices in by_length.values():
             out[indices] = self._batched(self._audio_fn, np.stack([clips[i] for i in indices]))
         return out
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip the audio network takes; `embed_audio` pads shorter ones."""
+        return int(self._audio_config.min_samples)
 
     @property
     def window_samples(self) -> int:

@@ -16,11 +16,11 @@ import ml_collections
 from flax import nnx
 
 from atjax import config as config_lib
-from atjax import dropout as dropout_lib
+from atjax import frontend
 from atjax import heads
+from atjax import kernels as kernels_lib
 from atjax.encoders import panns
 from atjax.encoders import text as text_lib
-from atjax import frontend
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: temperature never below 0.01
@@ -41,22 +41,19 @@ def audio_config(config: ml_collections.ConfigDict) -> panns.ResNetConfig:
     if a.arch not in factories:
         raise ValueError(f"model.audio.arch must be one of {sorted(factories)}, got {a.arch!r}")
     fe = frontend.FrontendConfig(**dict(a.frontend))
-    # Configs written before these settings existed lack them: their defaults apply.
     # A network field left None keeps the architecture's value.
     network = {k: v for k, v in dict(a.network).items() if v is not None}
-    fields = {"batchnorm_one_pass": a.get("batchnorm_one_pass"),
-              "stem_conv": a.get("stem_conv", "conv"), **network}
-    return factories[a.arch](frontend=fe, **fields)
+    return factories[a.arch](frontend=fe, **network)
 
 
 def _network_defaults() -> dict:
     """Every ResNetConfig field `model.audio.network` can override, with the value all
     architectures share, or None (the architecture's own) where they differ (blocks, block).
-    The frontend, batchnorm_one_pass and stem_conv are settings of `model.audio` itself."""
+    The frontend is a setting of `model.audio` itself."""
     archs = [panns.resnet22(), panns.resnet38(), panns.resnet54()]
     fields = {}
     for f in dataclasses.fields(panns.ResNetConfig):
-        if f.name in ("frontend", "batchnorm_one_pass", "stem_conv"):
+        if f.name == "frontend":
             continue
         values = {getattr(arch, f.name) for arch in archs}
         fields[f.name] = values.pop() if len(values) == 1 else None
@@ -74,9 +71,6 @@ def text_config(config: ml_collections.ConfigDict) -> text_lib.TextEncoderConfig
     else:
         base = text_lib.preset(t.encoder)
     overrides = {k: v for k, v in dict(t.overrides).items() if v}
-    # Configs written before this setting lack it: None (automatic) applies.
-    overrides["remat_activation"] = t.get("remat_activation")
-    overrides["attention_impl"] = t.get("attention_impl", "xla")
     return dataclasses.replace(base, **overrides)
 
 
@@ -99,35 +93,78 @@ def clip_samples(config: ml_collections.ConfigDict) -> int:
     return n
 
 
-# Dropout sites that keep 32-bit masks under `dropout_mask_bits=16`: the text encoder's
-# attention probabilities. Their float32 softmax is fused with the masking on GPUs, and a
-# 16-bit mask there made XLA split that fusion and write the exp out: compiled for an H200
-# (`python -m atjax.bench aot --target h200 --config.model.dropout_mask_bits=16`), the
-# paper's step had 2,472 kernels and 83.38 GB of traffic with every site at 16 bits, and
-# 2,425 and 83.02 with these at 32 (2,426 and 83.02 with every site at 32), while these
-# masks are small ([64, 16, 32, 32], 0.11 ms of threefry in the 56115ca profile).
-_FULL_MASK_SITES = ("attention_dropout",)
+# The settings that `model.kernels` replaced (config path -> op of atjax.kernels). A
+# config written before (a run's config.json) has no `kernels` and carries them, with the
+# GPU kernels that were then always on: it is read as "fast" with these as overrides, so
+# an older run resumes computing what it computed. A config with both is refused.
+_FOLDED = {"dropout_mask_bits": "dropout_mask_bits", "audio.stem_conv": "tap_conv",
+           "audio.batchnorm_one_pass": "batchnorm_one_pass",
+           "text.remat_activation": "remat_activation", "text.attention_impl": "attention"}
+# The same for settings of the whole run (outside `config.model`).
+_FOLDED_RUN = {"compute_weight_copies": "weight_copies", "rng_impl": "rng_impl"}
+# What a config without `kernels` computed where it did not set the folded fields.
+_BEFORE_KERNELS = dataclasses.replace(
+    kernels_lib.FAST, tap_conv=False, dropout_mask_bits=32, attention="xla",
+    weight_copies=False)
+
+
+def _folded(config: ml_collections.ConfigDict, fields: dict[str, str], prefix: str) -> dict:
+    found = {}
+    for path, op in fields.items():
+        node = config
+        *parents, leaf = path.split(".")
+        for name in parents:
+            node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+        if isinstance(node, ml_collections.ConfigDict) and node.get(leaf) is not None:
+            value = node[leaf]  # (None was "automatic": what "fast" does)
+            found[f"{prefix}{path}"] = (op, value == "taps" if op == "tap_conv" else value)
+    return found
+
+
+def kernels(config: ml_collections.ConfigDict,
+            run: ml_collections.ConfigDict | None = None) -> kernels_lib.Kernels:
+    """How the ops of the model of `config.model` are computed: `model.kernels` with
+    `model.kernel_overrides` (atjax.kernels). `run`, the whole experiment config, for the
+    run settings an older config carries (see _FOLDED)."""
+    folded = _folded(config, _FOLDED, "model.")
+    if run is not None:
+        folded.update(_folded(run, _FOLDED_RUN, ""))
+    if "kernels" in config and folded:
+        path, (op, _) = next(iter(folded.items()))
+        raise config_lib.ConfigError(
+            f"{path} is now model.kernel_overrides.{op} (one of the ops model.kernels "
+            "chooses); set that instead")
+    try:
+        if "kernels" not in config:  # a config written before the setting
+            return dataclasses.replace(_BEFORE_KERNELS, **dict(folded.values()))
+        overrides = {op: value for op, value in dict(config.get("kernel_overrides") or {})
+                     .items() if value is not None}
+        return kernels_lib.choose(config.kernels, overrides)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e) if str(e).startswith("model.")
+                                     else f"model.kernel_overrides: {e}") from None
 
 
 class DualEncoder(nnx.Module):
     def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         dtype = compute_dtype(config)
-        # Configs written before dropout_mask_bits existed lack it: 32 is nnx.Dropout.
-        mask_bits = dropout_lib.check_mask_bits(config.get("dropout_mask_bits", 32))
+        choice = kernels(config)
         self.head_kind = config.head
         self.freeze_text = bool(config.text.freeze)
+        self.text_head_dtype = dtype
         self.chunk_samples = chunk_samples(config)
-        self.audio_encoder = panns.ResNet(audio_config(config), dtype=dtype, rngs=rngs)
-        self.text_encoder = text_lib.TextEncoder(text_config(config), dtype=dtype, rngs=rngs)
+        self.audio_encoder = panns.ResNet(audio_config(config), dtype=dtype, kernels=choice,
+                                          rngs=rngs)
+        self.text_encoder = text_lib.TextEncoder(text_config(config), dtype=dtype,
+                                                 kernels=choice, rngs=rngs)
         self.audio_head = heads.make_head(
             config.head, self.audio_encoder.output_dim, config.embed_dim,
-            dropout_rate=config.head_dropout, dtype=dtype, rngs=rngs)
+            dropout_rate=config.head_dropout, dtype=dtype,
+            mask_bits=choice.dropout_mask_bits, rngs=rngs)
         self.text_head = heads.make_head(
             config.head, self.text_encoder.output_dim, config.embed_dim,
-            dropout_rate=config.head_dropout, dtype=dtype, rngs=rngs)
-        for path, module in self.iter_modules():
-            if isinstance(module, dropout_lib.Dropout) and path[-1] not in _FULL_MASK_SITES:
-                module.mask_bits = mask_bits
+            dropout_rate=config.head_dropout, dtype=dtype,
+            mask_bits=choice.dropout_mask_bits, rngs=rngs)
         init_scale = jnp.asarray(math.log(1.0 / config.temperature), jnp.float32)
         # A fixed temperature is a non-Param variable, so the optimizer never sees it.
         param_type = nnx.Param if config.learn_temperature else nnx.Variable
@@ -160,9 +197,18 @@ class DualEncoder(nnx.Module):
         with jax.named_scope("audio_head"):
             return self.audio_head(chunks["chunk_embeddings"], audible)
 
-    def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        with jax.named_scope("text_encoder"):
-            hidden = self.text_encoder(input_ids, attention_mask)
+    def encode_text(self, input_ids: jax.Array | None, attention_mask: jax.Array,
+                    text_features: jax.Array | None = None) -> jax.Array:
+        """Token ids (or, for a frozen encoder, its token features `[B, L, H]` computed
+        beforehand: atjax.text_features) -> `[B, embed_dim]` (unnormalised)."""
+        if text_features is not None:
+            if not self.freeze_text:
+                raise ValueError("text_features replace the text encoder only when it is "
+                                 "frozen (model.text.freeze)")
+            hidden = text_features.astype(self.text_head_dtype)
+        else:
+            with jax.named_scope("text_encoder"):
+                hidden = self.text_encoder(input_ids, attention_mask)
         if self.freeze_text:
             # No gradient flows into a frozen encoder, so XLA drops its backward pass.
             hidden = jax.lax.stop_gradient(hidden)
@@ -171,8 +217,10 @@ class DualEncoder(nnx.Module):
                 return self.text_head(hidden[:, 0])  # [CLS] / <s>
             return self.text_head(hidden, attention_mask.astype(bool))
 
-    def __call__(self, audio, input_ids, attention_mask) -> tuple[jax.Array, jax.Array]:
-        return self.encode_audio(audio), self.encode_text(input_ids, attention_mask)
+    def __call__(self, audio, input_ids, attention_mask,
+                 text_features=None) -> tuple[jax.Array, jax.Array]:
+        return (self.encode_audio(audio),
+                self.encode_text(input_ids, attention_mask, text_features))
 
 
 def _positive_int(name: str, value) -> None:
@@ -206,10 +254,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise config_lib.ConfigError(f"model.text.overrides.{name} must be a positive "
                                          f"integer, or 0 to keep the model's, got {value!r}")
-    bits = config.get("dropout_mask_bits", 32)
-    if isinstance(bits, bool) or bits not in dropout_lib.MASK_BITS:
-        raise config_lib.ConfigError(f"model.dropout_mask_bits must be one of "
-                                     f"{dropout_lib.MASK_BITS}, got {bits!r}")
+    cache = config.text.get("feature_cache", 0)
+    if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+        raise config_lib.ConfigError(f"model.text.feature_cache must be an integer >= 0, "
+                                     f"got {cache!r}")
+    if cache and not config.text.freeze:
+        raise config_lib.ConfigError("model.text.feature_cache needs model.text.freeze=True: "
+                                     "a text encoder that trains has no fixed features")
+    kernels(config)
     try:
         compute_dtype(config)
     except ValueError as e:
@@ -262,10 +314,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.head = "mlp"                 # "mlp" (baseline) | "transformer" (the paper's proposal)
     c.embed_dim = 1024
     c.head_dropout = 0.1
-    # Random bits per dropout decision: 32 is nnx.Dropout; 16 quarters the PRNG hashing
-    # (rates then quantised to 2**-16; atjax.dropout) at every site but the text
-    # attention probabilities, which keep 32 (see _FULL_MASK_SITES).
-    c.dropout_mask_bits = 32
+    # How the ops are computed (atjax.kernels, docs/kernels.md): "reference" (plain Flax/XLA
+    # ops) or "fast" (the kernels written for GPUs: the same functions, 16-bit dropout
+    # masks). kernel_overrides sets single ops against it; None follows the setting.
+    c.kernels = "reference"
+    c.kernel_overrides = ml_collections.ConfigDict({op: None for op in kernels_lib.OPS})
     c.compute_dtype = "float32"    # "float32" | "bfloat16"; parameters stay float32
     c.temperature = 0.07
     c.learn_temperature = True
@@ -278,24 +331,16 @@ def default_config() -> ml_collections.ConfigDict:
     # Field overrides of the ResNet family (e.g. widths, blocks, embed_dim) for small models:
     # every field is present, so each can be overridden on its own; None keeps the arch's.
     c.audio.network = ml_collections.ConfigDict(_network_defaults())
-    # BatchNorm statistics in one pass over the activations (True) or two (False); None:
-    # one for bfloat16 compute, two for float32 (atjax.encoders.panns.BatchNorm).
-    c.audio.batchnorm_one_pass = None
-    # The first convolution (1 -> 64 channels at full resolution): "conv" (cuDNN on GPUs) or
-    # "taps", the same function as elementwise taps and a matmul (atjax.tap_conv).
-    c.audio.stem_conv = "conv"
     c.text = ml_collections.ConfigDict()
     c.text.encoder = "roberta-large"   # a Table 1 preset, or "auto" for path/config.json
     c.text.path = ""                   # local Hugging Face folder (tokenizer, config, weights)
     c.text.pretrained = True           # load the folder's weights (False: random init)
     c.text.max_length = 32
     c.text.freeze = False              # the paper fine-tunes the text encoder
-    # Recompute the MLP activation in the backward pass instead of keeping its intermediates
-    # (less memory and traffic): None is on for bfloat16 compute, off for float32.
-    c.text.remat_activation = None
-    # The attention core: "xla" (einsums), "pallas" (one kernel per direction on CUDA GPUs)
-    # or "auto" (the kernel where it applies); the same function (atjax.attention).
-    c.text.attention_impl = "xla"
+    # With freeze: keep the frozen encoder's token features of up to this many distinct
+    # captions on the host and train on them, instead of running the encoder in every step
+    # (atjax.text_features; eval-mode features, no dropout). 0: run it in every step.
+    c.text.feature_cache = 0
     c.text.overrides = ml_collections.ConfigDict(
         dict(num_layers=0, hidden_size=0, num_heads=0, intermediate_size=0))  # 0 = keep
     return c

@@ -468,7 +468,11 @@ def _grouped_bars(path: pathlib.Path, groups, series: Sequence[str], ylabel: str
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) + 2), 4.0))
+    # Long labels (run names) are set at a slant, with room for them, so none overlap.
+    longest = max((len(line) for g in groups for line in g[0].split("\n")), default=0)
+    slanted = longest * 0.06 > 1.2  # about 0.06 inch per character at 7 pt
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) + 2),
+                                    4.0 + (min(longest, 60) * 0.045 if slanted else 0)))
     width = 0.8 / len(series)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     any_paper = False
@@ -503,10 +507,13 @@ def _grouped_bars(path: pathlib.Path, groups, series: Sequence[str], ylabel: str
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([g[0] for g in groups], fontsize=7)
+    ax.set_xticklabels([g[0] for g in groups], fontsize=7,
+                       rotation=30 if slanted else 0, ha="right" if slanted else "center")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
-    ax.set_title(title)
+    if groups and all(len(g) > 3 and g[3] for g in groups):
+        title += "\n(the paper's numbers only: no results of ours hold these figures)"
+    ax.set_title(title, fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     if any_paper:
         handles.append(Patch(facecolor="lightgrey", hatch="//", edgecolor="white"))

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 DATA_AXIS = "data"
 
 _MULTIHOST_ENV = (
@@ -48,7 +50,7 @@ def initialize_distributed() -> None:
     elif os.environ.get("SLURM_JOB_ID"):
         kwargs = _slurm_local_devices()
     jax.distributed.initialize(**kwargs)
-    logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())
 

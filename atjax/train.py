@@ -15,6 +15,10 @@ import os
 import pathlib
 import sys
 
+from atjax import console
+
+log = logging.getLogger(__name__)
+
 
 def _check_sources(config) -> None:
     """The `name:split+...` specs of config.data name known datasets and splits, prepared
@@ -107,20 +111,23 @@ def main(argv=None) -> int:
     parser.add_argument("--config", metavar="FILE[:ARG]", required=False,
                         help="the experiment's config file, e.g. configs/paper.py:table5-transformer-acba "
                              "(required); --config.FIELD=VALUE overrides a field")
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--workdir", required=True,
+                        help="the run's folder: checkpoints, metrics.jsonl, TensorBoard, "
+                             "config.json; rerunning with the same folder resumes")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     try:
         spec, overrides, rest = config_lib.split_config_argv(argv)
     except config_lib.ConfigError as e:
         parser.error(str(e))
+    console.add_verbose_flag(parser)
     args = parser.parse_args(rest)
     if spec is None:
         parser.error("--config is required")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+    console.setup(args.verbose)
+    from atjax import checkpoint as ckpt_lib
     from atjax import trainer as trainer_lib
     try:
-        trainer_lib.check_workdir(args.workdir)
+        ckpt_lib.check_workdir(args.workdir)
         config = config_lib.load(spec, overrides)
         config_lib.check_train_config(config)
         # ValueError: these only check settings (each module's own check of its block).
@@ -148,13 +155,10 @@ def main(argv=None) -> int:
         # A setting checked where it is used, or a file the config names that is missing
         # (an unprepared dataset, pretrained weights).
         parser.error(_one_line(e))
-    from atjax import checkpoint as ckpt_lib
-    from atjax.encoders import panns
 
     try:
         result = trainer.train()
-    except (ckpt_lib.CheckpointDamagedError, ckpt_lib.CheckpointMismatchError,
-            panns.CheckpointMismatchError) as e:
+    except (ckpt_lib.CheckpointDamagedError, ckpt_lib.CheckpointMismatchError) as e:
         # No intact checkpoint to resume from, or one of another model: nothing was
         # trained over it, and the message names the steps or the leaves.
         parser.error(_one_line(e))
@@ -162,7 +166,7 @@ def main(argv=None) -> int:
         # Training stopped (a full disk; a diverged loss): the last good checkpoint stays.
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
-    logging.info("finished at step %d%s%s", result.step,
+    log.info("finished at step %d%s%s", result.step,
                  " (stopped early)" if result.stopped_early else "",
                  " (preempted: rerun with the same --workdir to resume)" if result.preempted
                  else "")

@@ -1,26 +1,21 @@
 """The training step: a pure function of the train state and one global batch.
 
 The model is split once (`nnx.split`) into a static graph definition and array state; the
-jitted step merges them, so no Python-side graph traversal slows the compiled step (see
-style.md). The state is held as plain nested dicts of arrays (`State.to_pure_dict()`), not
-`nnx.State`: JAX flattens dicts in C++, while `nnx.State` flattens (and rebuilds the
-returned state) in Python. For ResNet38 + RoBERTa-Large (1,360 state leaves) a call of
-the step took 182 ms to return with nnx.State and 10.9 ms with dicts (`python -m
-atjax.bench train_step`, dispatch_ms, CPU backend on a 2-core machine). That host time
-is on the critical path whenever the host waits for a step, and it competes with the
-input pipeline for the CPU the rest of the time.
+jitted step merges them, so no Python-side graph traversal slows the compiled step. The
+state is held as plain nested dicts of arrays (`State.to_pure_dict()`), not `nnx.State`:
+JAX flattens dicts in C++, while `nnx.State` flattens (and rebuilds the returned state)
+in Python, host time on the critical path of every step (docs/kernels.md).
 
 Dropout and SpecAugment keys are derived from (seed, step), never carried in the state: a
 resumed run draws exactly the randomness an uninterrupted run would have.
 
-With `compute_weight_copies` (bfloat16 compute), the state also carries compute-dtype
-copies of the weight matrices and conv kernels, written by the optimizer step beside the
-float32 masters (`weight_copies`). The forward pass reads them instead of casting each
-float32 kernel at the start of every step: on an H200 those casts of RoBERTa-Large's
-kernels took 0.63 ms of a 45 ms step (`benchmarks/h200_profile_2026-11-26_b42f9cd_mlp.txt`,
-`wrapped_convert_*`), where writing the copies inside Adam's kernels adds a 2-byte store
-per weight. The gradients are the same: the cast's gradient is the bfloat16 gradient
-converted to float32, as here. Copies are derived from the masters and never checkpointed.
+With the `weight_copies` kernel (atjax.kernels; bfloat16 compute), the state also carries
+compute-dtype copies of the weight matrices and conv kernels, written by the optimizer step
+beside the float32 masters (`weight_copies`). The forward pass reads them instead of
+casting each float32 kernel at the start of every step, where writing the copies inside
+Adam's kernels adds a 2-byte store per weight (docs/kernels.md). The gradients are the
+same: the cast's gradient is the bfloat16 gradient converted to float32, as here. Copies
+are derived from the masters and never checkpointed.
 
 Nothing here imports TensorFlow.
 """
@@ -37,6 +32,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from atjax import kernels as kernels_lib
 from atjax import loss as loss_lib
 from atjax import model as model_lib
 
@@ -54,9 +50,9 @@ class TrainState:
 
 
 def copies_dtype(config: ml_collections.ConfigDict):
-    """The dtype of the weight copies a run keeps (`compute_weight_copies` under a 16-bit
+    """The dtype of the weight copies a run keeps (the `weight_copies` kernel under a 16-bit
     `model.compute_dtype`), or None: with float32 compute there is nothing to save."""
-    if not config.get("compute_weight_copies", False):
+    if not model_lib.kernels(config.model, config).weight_copies:
         return None
     dtype = jnp.dtype(model_lib.compute_dtype(config.model))
     return None if dtype == jnp.float32 else dtype
@@ -152,22 +148,18 @@ def split_model(model: model_lib.DualEncoder):
             rest.to_pure_dict())
 
 
-# JAX's PRNG implementations, for `config.rng_impl`. threefry2x32 (JAX's default) gives the
-# same bits on any sharding and on any backend; rbg and unsafe_rbg use XLA's
-# RngBitGenerator, far fewer integer operations per random bit on GPUs and TPUs (dropout
-# draws one number per activation at each of ResNet38's ~20 dropout sites), but
-# their bits may change with the XLA version, and unsafe_rbg's key derivation is weaker.
-# Measured on an H200 (ResNet38 + RoBERTa-Large, bf16): rbg made the bits cheaper but left
-# more work to the backward pass, which re-derives the masks from them; the step moved by
-# under 0.3 ms of 48, so threefry2x32 stays the default.
-RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+# JAX's PRNG implementations, for the `rng_impl` kernel (atjax.kernels). threefry2x32
+# (JAX's default) gives the same bits on any sharding and on any backend; rbg and
+# unsafe_rbg use XLA's RngBitGenerator, far fewer integer operations per random bit on GPUs
+# and TPUs, but their bits may change with the XLA version, and unsafe_rbg's key
+# derivation is weaker.
+RNG_IMPLS = kernels_lib.RNG_IMPLS
 
 
 def base_key(config: ml_collections.ConfigDict) -> jax.Array:
-    """The run's root key: `config.seed` under `config.rng_impl` (default threefry2x32)."""
-    impl = config.get("rng_impl") or "threefry2x32"
-    if impl not in RNG_IMPLS:
-        raise ValueError(f"rng_impl must be one of {RNG_IMPLS}, got {impl!r}")
+    """The run's root key: `config.seed` under the `rng_impl` kernel (threefry2x32 unless
+    overridden)."""
+    impl = model_lib.kernels(config.model, config).rng_impl
     return jax.random.key(config.seed, impl=impl)
 
 
@@ -181,13 +173,9 @@ def reseed(model: nnx.Module, **stream_keys: jax.Array) -> None:
     """`nnx.reseed(model, **stream_keys)`, the same keys bit for bit, drawn in one op.
 
     nnx.reseed gives the i-th stream of a tag (in graph order) the key
-    fold_in(stream_keys[tag], i), one scalar fold_in after another. Inside the jitted step
-    XLA merged their hashing into one kernel but left the last add of each key on its own:
-    compiled for an H200, 72 one-element kernels per step for the text encoder's dropout
-    sites alone (`python -m atjax.bench aot --target h200`: 2,426 kernels for the paper's
-    step, 2,355 with the keys drawn here as one vector of fold_ins). In the 56115ca H200
-    trace such u32[1] kernels took 0.094 ms per step, 75 of them (`python -m atjax.bench
-    profile --reread benchmarks/traces/h200_2026-11-26_56115ca_taps_copies --top 5000`).
+    fold_in(stream_keys[tag], i), one scalar fold_in after another; inside the jitted step
+    XLA:GPU left the last add of each key as a one-element kernel of its own. Here the keys
+    are drawn as one vector of fold_ins (docs/kernels.md).
     """
     streams: dict[str, list] = {tag: [] for tag in stream_keys}
     for path, stream in nnx.iter_graph(model):
@@ -217,17 +205,13 @@ def global_norm(tree: PyTree) -> jax.Array:
     Written for the GPU's kernels, with the sums in another order than optax's:
       - optax sums each leaf's squares separately: one reduction kernel per leaf, ~5 us
         even for a 64-element BatchNorm bias, and ResNet38 + RoBERTa-Large has ~270 small
-        leaves (1.3 ms of a 48 ms step on an H200). Small leaves are concatenated first (a
-        few MB) and summed as one.
+        leaves. Small leaves are concatenated first (a few MB) and summed as one.
       - A large leaf's squares are summed along its last axis only (XLA fuses that into
         the optimizer's kernel for the leaf, as it did the first stage of a whole-leaf
         sum), and all these row sums are added up in one final reduction. XLA would
         otherwise split the sum of a concatenation into one sum per part, so the
         concatenation is read through `lax.optimization_barrier`. Whole-leaf sums took a
-        second kernel per leaf on an H200, of a few thousand partial sums: the optimizer's
-        137 f32[] kernels took 0.19 ms per step (56115ca profile, `python -m atjax.bench
-        profile --reread benchmarks/traces/h200_2026-11-26_56115ca_taps_copies --top 5000`). Compiled for an H200 without a
-        GPU (`python -m atjax.bench aot`), the paper's step has 127 kernels fewer.
+        second kernel per leaf on GPUs, of a few thousand partial sums (docs/kernels.md).
     """
     leaves = jax.tree.leaves(tree)
     parts = []
@@ -249,7 +233,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rest: PyTree,
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.batch_stats, rest, copy=True)
         reseed(model, **step_keys(base_key, state.step))
-        audio, text = model(batch["audio"], batch["input_ids"], batch["attention_mask"])
+        # A frozen text encoder's features may come with the batch (atjax.text_features).
+        audio, text = model(batch["audio"], batch.get("input_ids"), batch["attention_mask"],
+                            batch.get("text_features"))
         with jax.named_scope("loss"):  # scopes label ops in profiles (atjax.bench profile)
             loss, metrics = loss_lib.info_nce(audio, text, model.logit_scale)
         return loss, (metrics, nnx.state(model, nnx.BatchStat).to_pure_dict())

@@ -4,33 +4,38 @@ stopping, preemption handling and metrics logging.
 
 The loop follows nanodo: step N+1 is dispatched before step N's metrics are read on the
 host, so the accelerator never waits for Python. Checkpoints are written only for states
-whose loss is known to be finite.
+whose loss is known to be finite. Each periodic job (metrics, progress, validation with
+the best state and early stopping, checkpoints, preemption, the garbage collector) is an
+action of atjax.periodic that says when it is due; the loop only orders them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import pathlib
-import signal
 import time
 from typing import Callable, Protocol
 
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from atjax import checkpoint as ckpt_lib
 from atjax import config as config_lib
 from atjax import folder_lock
-from atjax import host_gc
 from atjax import inference
 from atjax import model as model_lib
+from atjax import periodic
 from atjax import sharding
+from atjax import text_features
 from atjax import train_step as step_lib
+
+log = logging.getLogger(__name__)
 
 
 class TrainInputProtocol(Protocol):
@@ -42,17 +47,13 @@ class TrainInputProtocol(Protocol):
 InputFactory = Callable[..., TrainInputProtocol]
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
-
-
 class WorkdirBusyError(RuntimeError):
     """Another trainer holds the workdir's lock; the message names its PID."""
 
 
-class CheckpointSaveError(RuntimeError):
-    """A checkpoint could not be written; the message names the step and the OS error."""
-
+# Raised by the loop's actions (atjax.periodic); callers catch them here.
+NonFiniteLossError = periodic.NonFiniteLossError
+CheckpointSaveError = periodic.CheckpointSaveError
 
 # In the workdir: flock'ed by the trainer that writes it (atjax.folder_lock).
 LOCK_NAME = "train.lock"
@@ -98,7 +99,7 @@ class MetricsWriter:
                 self._tb = SummaryWriter(str(workdir / "tensorboard"),
                                          purge_step=resume_step + 1)
             except ImportError:  # TensorBoard summaries are a convenience, not a requirement
-                logging.warning("tensorboardX not installed: no TensorBoard summaries")
+                log.warning("tensorboardX not installed: no TensorBoard summaries")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -133,7 +134,7 @@ def _drop_records_after(path: pathlib.Path, step: int) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         tmp.replace(path)
-        logging.info("metrics.jsonl: dropped %d records after step %d (logged again)", dropped,
+        log.info("metrics.jsonl: dropped %d records after step %d (logged again)", dropped,
                      step)
 
 
@@ -152,46 +153,6 @@ def _gather_json(value) -> list:
     return [json.loads(gathered[i, :sizes[i]].tobytes()) for i in range(len(sizes))]
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (save, then exit)."""
-
-    def __init__(self, sync_every: int = 1):
-        self.requested = False
-        self._previous = None
-        # Across hosts the flag needs an all-gather: a host round trip that the training
-        # loop should not pay every step, so hosts agree only every `sync_every` steps.
-        self.sync_every = max(1, int(sync_every))
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook worker)
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint and stopping")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-        # The coordination service's own preemption notice: checked every step (it is a
-        # local lookup of a step the hosts already agreed on).
-        if multihost_utils.reached_preemption_sync_point(step):
-            return True
-        if step % self.sync_every:
-            return False
-        # Our SIGTERM flag: every host must agree, or the collective save would deadlock.
-        flag = multihost_utils.process_allgather(np.int32(self.requested))
-        return bool(np.max(flag))
-
-
 class _HeldLock:
     """A lock's descriptor (atjax.folder_lock), closed by release() or when dropped."""
 
@@ -207,13 +168,8 @@ class _HeldLock:
         self.release()
 
 
-def check_workdir(workdir) -> None:
-    """A workdir is a file-system path: pathlib would make "gs://b/x" a local folder
-    "gs:/b/x" on every host."""
-    if "://" in str(workdir):
-        raise ValueError(f"workdir {str(workdir)!r} is a URL; atjax writes its workdir through "
-                         "the file system: mount the bucket (e.g. gcsfuse) or use a shared "
-                         "file system path that every host sees")
+# Refuses a URL for a workdir; importable here too (atjax.export checks with it).
+check_workdir = ckpt_lib.check_workdir
 
 
 @dataclasses.dataclass
@@ -231,7 +187,7 @@ class Trainer:
                  progress: bool = True):
         config_lib.check_train_config(config)
         self.config = config
-        check_workdir(workdir)
+        ckpt_lib.check_workdir(workdir)
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.mesh = sharding.make_mesh()
@@ -243,11 +199,9 @@ class Trainer:
             raise ValueError("early_stopping_patience needs evaluations (eval_every_steps and "
                              "evals) and a best_metric to watch")
         if config.best_metric and not evaluates:
-            logging.warning("best_metric=%r but no evaluations run (eval_every_steps=%s, %s "
+            log.warning("best_metric=%r but no evaluations run (eval_every_steps=%s, %s "
                             "evaluator): no best checkpoint will be kept", config.best_metric,
                             config.eval_every_steps, "an" if evaluate_fn else "no")
-        # The steps whose saves have not been confirmed yet, by manager ("latest", "best").
-        self._unchecked_saves: dict[str, int] = {}
         # Taken before anything is written to the workdir (config.json, orbax's folders)
         # and held until train() ends.
         self._workdir_lock: _HeldLock | None = None
@@ -269,6 +223,10 @@ class Trainer:
         self.checkpoints = ckpt_lib.Checkpoints(
             self.workdir, keep=config.keep_checkpoints,
             best_metric=config.best_metric or None, best_mode=config.best_mode)
+        self.saves = periodic.SaveCheckpoint(
+            self.checkpoints, lambda: step_lib.without_copies(self.state),
+            self._checkpoint_extras, every=config.checkpoint_every_steps,
+            total_steps=config.total_steps)
         self.resume_step = self.checkpoints.latest_step()
         try:
             self._build(input_factory, evaluate_fn)
@@ -336,7 +294,7 @@ class Trainer:
                 if e.errno not in folder_lock.UNSUPPORTED:
                     refusal = f"cannot lock the workdir: {path}: {e}"
                 else:  # e.g. Lustre mounted without flock: train, but say what is lost
-                    logging.warning("%s: the file system has no locks (%s); nothing keeps a "
+                    log.warning("%s: the file system has no locks (%s); nothing keeps a "
                                     "second trainer out of this workdir", path, e.strerror)
         refusal = _gather_json(refusal)[0]
         if refusal is not None:
@@ -356,6 +314,16 @@ class Trainer:
     def embedder(self) -> inference.Embedder:
         return inference.Embedder(self.config, self.eval_def, self.state.params,
                                   self.state.batch_stats, self.rest, self.tokenizer)
+
+    def _text_cache(self) -> text_features.FeatureCache | None:
+        """The frozen text encoder's feature cache (`model.text.feature_cache`), from the
+        restored weights; None when the step runs the encoder itself."""
+        capacity = self.config.model.text.get("feature_cache", 0)
+        if not capacity:
+            return None
+        model = nnx.merge(self.eval_def, self.state.params, self.state.batch_stats, self.rest)
+        return text_features.FeatureCache(model.text_encoder, capacity=capacity,
+                                          bucket=self.local_batch)
 
     def _restore(self) -> int:
         if self.resume_step is None:
@@ -379,7 +347,7 @@ class Trainer:
         # The damaged steps after it make way for the ones this run writes.
         self.checkpoints.set_aside_after(self.resume_step)
         self._write_config()
-        logging.info("resuming from step %d", self.resume_step)
+        log.info("resuming from step %d", self.resume_step)
         return self.resume_step
 
     def _checkpoint_extras(self) -> dict:
@@ -388,53 +356,7 @@ class Trainer:
         collective across processes."""
         return {"hosts": _gather_json(self.input.get_state()), "trainer": dict(self.early)}
 
-    def _save(self, step: int, *, force: bool = False) -> None:
-        self._check_save("latest", wait=True)  # orbax's save waits for it anyway
-        self.checkpoints.save(step, step_lib.without_copies(self.state),
-                              self._checkpoint_extras(), force=force)
-        self._unchecked_saves["latest"] = step
-
-    def _save_best(self, step: int, metrics: dict[str, float]) -> None:
-        if self.checkpoints.best is None:
-            return
-        self._check_save("best", wait=True)
-        self.checkpoints.save_best(step, step_lib.without_copies(self.state),
-                                   self._checkpoint_extras(), metrics)
-        self._unchecked_saves["best"] = step
-
-    def _check_save(self, kind: str, *, wait: bool) -> None:
-        """Raises CheckpointSaveError if the last save of the `kind` manager ("latest" or
-        "best") failed. Orbax writes in the background and keeps a failure until the next
-        save asks; this asks as soon as the save is over. Without `wait`, a save still in
-        flight is left to a later check."""
-        step = self._unchecked_saves.get(kind)
-        if step is None:
-            return
-        manager = getattr(self.checkpoints, kind)
-        if not wait and manager.is_saving_in_progress():
-            return
-        del self._unchecked_saves[kind]
-        directory = pathlib.Path(str(manager.directory))
-        try:
-            manager.wait_until_finished()  # raises what the background save met
-        except Exception as e:  # noqa: BLE001 - an OSError mostly; orbax wraps some
-            error = f"{type(e).__name__}: {e}"
-        else:
-            # best/ keeps the best by its metric, which need not be the step just saved.
-            if kind == "best" or (directory / str(step)).is_dir():
-                return
-            error = f"orbax reported no error, but {directory / str(step)} is not there"
-        kept = sorted(int(p.name) for p in directory.iterdir()
-                      if p.name.isdigit() and int(p.name) != step) if directory.is_dir() else []
-        raise CheckpointSaveError(
-            f"saving the checkpoint of step {step} to {directory} failed ({error}); training "
-            f"stopped. " + (f"The last checkpoint kept there is step {kept[-1]}: fix the "
-                            f"cause (e.g. free disk space) and rerun with the same workdir "
-                            f"to resume from it" if kept else
-                            "No checkpoint is kept there: fix the cause (e.g. free disk "
-                            "space) and rerun to start again"))
-
-    def _evaluate(self, step: int) -> dict[str, float]:
+    def _evaluate(self) -> dict[str, float]:
         if self.evaluate_fn is None:
             return {}
         start = time.perf_counter()
@@ -451,154 +373,75 @@ class Trainer:
         try:
             # The handler goes in before the restore: a SIGTERM while restoring or
             # compiling the first step is acted on at the first step's boundary.
-            with _Preemption(sync_every=self.config.log_every_steps) as preemption:
+            with periodic.Preemption(sync_every=self.config.log_every_steps) as preemption:
                 return self._train(preemption)
         finally:
             self._unlock_workdir()  # after the saves in flight: _train waits for them
 
-    def _train(self, preemption: _Preemption) -> TrainResult:
+    def _next_batch(self, text_cache: text_features.FeatureCache | None):
+        local = next(self.input)
+        if text_cache is not None:
+            local = text_cache(local)
+        return sharding.global_batch(local, self.mesh)
+
+    def _train(self, preemption: periodic.Preemption) -> TrainResult:
         c = self.config
         step = self._restore()
         early = self.early
         if early["stopped_early"]:
-            logging.info("%s stopped early at step %d; nothing to do", self.workdir, step)
+            log.info("%s stopped early at step %d; nothing to do", self.workdir, step)
             self.checkpoints.close()
             return TrainResult(step=step, stopped_early=True, preempted=False,
                                best=dict(early["best"]))
         writer = MetricsWriter(self.workdir, self.is_main, resume_step=step)
-        schedule = step_lib.learning_rate_schedule(c)
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=c.total_steps, initial=step, desc="train", unit="step",
-                       dynamic_ncols=True)
-        stopped_early, preempted = False, False
-        pending = None  # (step, metrics on device) of the previous step, read one step late
-        clock = {"time": time.perf_counter(), "step": step}  # of the last logged step
-
-        def check(entry) -> dict[str, float]:
-            done_step, device_metrics = entry
-            values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            # A finite loss with non-finite gradients still poisons the parameters.
-            for key in ("loss", "grad_norm"):
-                if not math.isfinite(values[key]):
-                    raise NonFiniteLossError(
-                        f"non-finite {key} {values[key]} at step {done_step}; the last "
-                        f"checkpoint in {self.workdir / 'checkpoints'} is kept unchanged")
-            return values
-
-        def flush(entry) -> None:
-            """Reads a finished step's metrics (an error if not finite) and logs them if
-            the step is a logging step."""
-            values = check(entry)
-            done = entry[0]
-            # Every log_every_steps-th step, and the last one (a run shorter than
-            # log_every_steps still logs).
-            if (done % c.log_every_steps and done != c.total_steps) or done <= clock["step"]:
-                return
-            now = time.perf_counter()
-            rate = (done - clock["step"]) * c.batch_size / (now - clock["time"])
-            values["learning_rate"] = float(schedule(done - 1))
-            values["examples_per_second"] = rate
-            values.update(pauses.take())
-            writer.write(done, values)
-            clock.update(time=now, step=done)
-            if bar is not None:
-                bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{rate:.1f}")
-            elif self.is_main:
-                # Without the bar (--no_progress: batch jobs, the cluster launchers) the
-                # log still shows how far training is and how fast it goes.
-                logging.info("step %d/%d: loss %.4f, %.1f examples/s, learning rate %.3g",
-                             done, c.total_steps, values["loss"], rate,
-                             values["learning_rate"])
-
-        # The collector's full runs would stall the host between steps (atjax.host_gc):
-        # what exists now (libraries, model, state) is exempted, again after the first
-        # step's compilation, and the runs that still happen are logged.
-        host_gc.freeze()
-        pauses = host_gc.Pauses()
-        pauses.install()
-        first_step = step
-        # A save that failed in the background stops the run at the next step boundary
-        # after it ended. With several processes, at the next save instead: hosts that
-        # learnt of it at different steps would wait for each other in the step.
-        poll_saves = jax.process_count() == 1
-        try:
+        text_cache = self._text_cache()
+        saves = self.saves
+        preempted = False
+        with contextlib.ExitStack() as cleanup:
+            progress = periodic.Progress(c.total_steps, step, bar=self.progress,
+                                         report=self.is_main)
+            cleanup.callback(progress.close)
+            cleanup.callback(writer.close)
+            cleanup.callback(self.checkpoints.wait)
+            gc = cleanup.enter_context(periodic.HostGC(step))
+            metrics_log = periodic.LogMetrics(
+                writer, progress, gc.pauses, step=step, every=c.log_every_steps,
+                total_steps=c.total_steps, batch_size=c.batch_size,
+                schedule=step_lib.learning_rate_schedule(c), workdir=self.workdir)
+            evaluate = periodic.Evaluate(
+                self._evaluate, writer, saves, early, every=c.eval_every_steps,
+                total_steps=c.total_steps, best_metric=c.best_metric,
+                best_mode=c.best_mode, patience=c.early_stopping_patience)
             while step < c.total_steps:
-                if poll_saves:
-                    self._check_save("latest", wait=False)
-                    self._check_save("best", wait=False)
-                batch = sharding.global_batch(next(self.input), self.mesh)
-                self.state, metrics = self.step_fn(self.state, batch, self.rest,
-                                                   self.base_key)
+                saves.poll()
+                self.state, metrics = self.step_fn(self.state, self._next_batch(text_cache),
+                                                   self.rest, self.base_key)
                 step += 1
-                if step == first_step + 1:
-                    host_gc.freeze()
-                if pending is not None:
-                    flush(pending)
-                pending = (step, metrics)
-                if bar is not None:
-                    bar.update(1)
-
-                eval_now = c.eval_every_steps and (step % c.eval_every_steps == 0
-                                                   or step == c.total_steps)
-                save_now = step % c.checkpoint_every_steps == 0 or step == c.total_steps
-                stop_now = preemption.reached(step)
-                if eval_now or save_now or stop_now:
+                if gc.due(step):
+                    gc(step)
+                metrics_log.push(step, metrics)
+                progress.advance()
+                evaluating, saving, stopping = (evaluate.due(step), saves.due(step),
+                                                preemption.due(step))
+                if evaluating or saving or stopping:
                     # Never checkpoint or evaluate a non-finite state; and a checkpointed
                     # step's metrics are logged before it is saved, so that a run resumed
                     # from it lacks none.
-                    flush(pending)
-                    pending = None
-                if eval_now:
-                    val = self._evaluate(step)
-                    if val:
-                        writer.write(step, val)
-                        key = f"val/{c.best_metric}" if c.best_metric else None
-                        if key is not None and key not in val:
-                            self._save(step, force=True)  # keep the progress, then say why
-                            self._check_save("latest", wait=True)
-                            raise ValueError(
-                                f"best_metric={c.best_metric!r} is not among the evaluation's "
-                                f"metrics {sorted(k[4:] for k in val)}; step {step} is saved, "
-                                "so a run with the name corrected resumes from it")
-                        if key is not None:
-                            best = early["best_value"]
-                            improved = best is None or (val[key] > best if c.best_mode == "max"
-                                                        else val[key] < best)
-                            if improved:
-                                early.update(best_value=val[key], evals_without_improvement=0,
-                                             best=val)
-                            else:
-                                early["evals_without_improvement"] += 1
-                            if (c.early_stopping_patience and early["evals_without_improvement"]
-                                    >= c.early_stopping_patience):
-                                logging.info("early stopping at step %d: no improvement of "
-                                             "%s in %d evaluations", step, c.best_metric,
-                                             early["evals_without_improvement"])
-                                stopped_early = early["stopped_early"] = True
-                            if improved:  # best/ keeps one: a worse state is not written
-                                self._save_best(step, {c.best_metric: val[key]})
-                if save_now or stop_now or stopped_early:
-                    self._save(step, force=True)
-                if stop_now:
-                    preempted = True
+                    metrics_log.flush()
+                if evaluating:
+                    evaluate(step)
+                if saving or stopping or evaluate.stopped_early:
+                    saves(step)
+                if stopping or evaluate.stopped_early:
+                    preempted = stopping
                     break
-                if stopped_early:
-                    break
-            if pending is not None:
-                flush(pending)
+            metrics_log.flush()
+            if text_cache is not None and self.is_main:
+                log.info("text features: %d distinct captions encoded, %d reused",
+                         text_cache.misses, text_cache.hits)
             # The last saves (the final step's, a preempted or an early-stopped run's) are
             # confirmed before the run reports its end.
-            self._check_save("latest", wait=True)
-            self._check_save("best", wait=True)
-        finally:
-            pauses.remove()
-            host_gc.thaw()
-            self.checkpoints.wait()
-            writer.close()
-            if bar is not None:
-                bar.close()
+            saves.confirm()
         self.checkpoints.close()
-        return TrainResult(step=step, stopped_early=stopped_early, preempted=preempted,
-                           best=dict(early["best"]))
+        return TrainResult(step=step, stopped_early=evaluate.stopped_early,
+                           preempted=preempted, best=dict(early["best"]))

@@ -65,13 +65,6 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.experiment = experiment_name(arg)
     c.seed = 0
-    c.rng_impl = "threefry2x32"  # dropout/SpecAugment PRNG; see train_step.RNG_IMPLS
-    # bfloat16 copies of the weight kernels in the train state, written by the optimizer
-    # step instead of cast in every step (train_step.weight_copies); not in checkpoints.
-    # Same numbers bit for bit; no effect with float32 compute. On an H200 (56115ca,
-    # bfloat16, with the taps stem) the profiled device time per step went from 43.8 to
-    # 42.4 ms and peak memory from 13.2 to 13.8 GiB (README, speed section).
-    c.compute_weight_copies = True
     c.batch_size = BATCH_SIZE
     pairs = PRETRAIN_PAIRS + (ACBA_PAIRS if exp["data"] == "acba" else 0)
     steps_per_epoch = pairs // BATCH_SIZE
@@ -92,17 +85,9 @@ def get_config(arg=None):
         text_learning_rate_scale=1.0))
 
     c.model = model_lib.default_config()
-    # The first convolution as taps and matmuls (atjax.tap_conv): the same function up to
-    # float32 sum order; on an H200 (56115ca, bfloat16) conv_block1 took 5.2 ms of device
-    # time instead of 6.3, and the step 42.5 and 40.0 ms against 45.8 (README).
-    c.model.audio.stem_conv = "taps"
-    # The text attention core as one Pallas kernel per direction on CUDA GPUs (the einsums
-    # elsewhere; atjax.attention) and 16-bit dropout draws (rates quantised to 2**-16,
-    # atjax.dropout). On an H200 (ec079a2, bfloat16, MLP heads) the step took 41.10 and
-    # 41.48 ms in two processes against 43.07 and 43.47 without them, with 39.6 ms of device
-    # time against 41.3 (threefry 1.6 ms instead of 2.9) and a peak of 13.0 GiB (README).
-    c.model.text.attention_impl = "auto"
-    c.model.dropout_mask_bits = 16
+    # The kernels written for GPUs (atjax.kernels, docs/kernels.md): the same functions,
+    # with 16-bit dropout masks; on CPUs most fall back to the plain ops.
+    c.model.kernels = "fast"
     c.model.head = exp["head"]
     c.model.text.encoder = exp["text"]
     c.model.text.path = ""          # set to the local Hugging Face folder of the encoder

@@ -131,7 +131,7 @@ def run(args, acba_fraction: float, source) -> dict:
     }
 
 
-# The paper's pre-training set (Tr, ../shared/design/datasets.md): clips x captions each.
+# The paper's pre-training set (Tr): clips x captions per source.
 PAPER_MIXTURE = "audiocaps=49838x1,clotho=3839x5,macs=3930x5,fsd50k=36796x1"
 
 

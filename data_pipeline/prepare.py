@@ -5,8 +5,9 @@
 NAME is one of data_pipeline.datasets.NAMES; --manual_dir is the folder holding the
 release as downloaded (not needed for synthetic_events). The result lands in
 DATA_DIR/NAME/<rate>hz/<version>/, with skipped.json listing every clip that was missing,
-could not be decoded or was too short to give one sample at the rate. TFDS's own `tfds build` command needs apache-beam in TFDS 4.9.10,
-so this calls the builder's Python API instead.
+could not be decoded or was too short to give one sample at the rate. TFDS's own
+`tfds build` command needs apache-beam in TFDS 4.9.10, so this calls the builder's Python
+API instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 from data_pipeline import datasets
+
+from atjax import console
 
 log = logging.getLogger("data_pipeline.prepare")
 
@@ -68,8 +71,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sample_rate", type=int, default=32000, help="the model's sample rate (Hz)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: cores, at most 8)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild an already prepared dataset")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose)
     try:
         prepare(
             args.name,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One short GPU session that measures the training step (issue: speed on GPU).
 #   launch/gpu_bench.sh OUT_DIR [CONFIG] [SETTING...]
-# A SETTING is head:dtype[:override,override...][@XLA_FLAGS], e.g. mlp:bfloat16:rng_impl=rbg,
-# mlp:bfloat16:model.audio.batchnorm_one_pass=False or
+# A SETTING is head:dtype[:override,override...][@XLA_FLAGS], e.g.
+# mlp:bfloat16:model.kernel_overrides.rng_impl=rbg,
+# mlp:bfloat16:model.kernel_overrides.batchnorm_one_pass=False or
 # mlp:bfloat16@--xla_gpu_enable_triton_gemm=false. Each runs in its own process, so peak
 # device memory is per setting.
 #
@@ -48,9 +49,9 @@ settings=("$@")
   # process, to show how far one setting moves between processes. (Earlier defaults and
   # each change alone: README.)
   mlp:bfloat16                                                  # the defaults
-  mlp:bfloat16:model.text.attention_impl=xla,model.dropout_mask_bits=32
+  mlp:bfloat16:model.kernel_overrides.attention=xla,model.kernel_overrides.dropout_mask_bits=32
   transformer:bfloat16                                          # vs 15 GiB
-  mlp:bfloat16:model.text.remat_activation=False                # the bf16 default, undone
+  mlp:bfloat16:model.kernel_overrides.remat_activation=False    # the bf16 default, undone
   mlp:bfloat16                                                  # the defaults again
 )
 budget=${BUDGET_S:-480}

@@ -363,9 +363,9 @@ def parse_report(markdown: str) -> list[tuple[str, list[str], list[list[str]], l
     for block in re.split(r"^### ", markdown, flags=re.MULTILINE)[1:]:
         lines = block.splitlines()
         title = lines[0].strip()
-        table = [l for l in lines if l.strip().startswith("|")]
+        table = [line for line in lines if line.strip().startswith("|")]
         header = _cells(table[0]) if table else []
-        rows = [_cells(l) for l in table[2:]]
+        rows = [_cells(row) for row in table[2:]]
         images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", block)
         sections.append((title, header, rows, images))
     return sections

@@ -21,5 +21,5 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # No size limit: with one, every write lists and reads the whole folder under a lock that
-# every read waits for, and the suite ran 7 minutes longer (2026-11-27). Without the lock
+# every read waits for, which made the suite minutes longer. Without the lock
 # a read can meet an entry still being written; JAX then warns and compiles instead.

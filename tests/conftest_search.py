@@ -143,9 +143,9 @@ def search_server(tmp_path_factory, search_kit):
     """(http server on a free loopback port, files written, searcher) over the collection."""
     import threading
 
-    from atjax import index as index_lib
-    from atjax import search as search_lib
-    from atjax import serve
+    from atjax.search import indexer as index_lib
+    from atjax.search import query as search_lib
+    from atjax.search import server as serve
 
     root = tmp_path_factory.mktemp("serve")
     files = write_collection(root / "audio", search_kit)
@@ -198,7 +198,7 @@ if __name__ == "__main__":
     import argparse
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from atjax import index as index_lib
+    from atjax.search import indexer as index_lib
 
     parser = argparse.ArgumentParser()
     parser.add_argument("audio_dir")

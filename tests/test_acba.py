@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_pipeline import acba, pipeline
+from data_pipeline import acba
+from data_pipeline import sources as sources_lib
+from data_pipeline.acba import stored, writer
 
 
 def loop_crossfade(first, second, fade):
@@ -157,10 +159,10 @@ def test_writer_writes_true_pairs_and_reads_back(tmp_path):
     ds, audio, captions = _pool()
     out = tmp_path / "acba"
     # clip_seconds 0.5 at 1 kHz = 500 samples: the parts (80-150 samples) always fit whole.
-    csv_path = acba.write(source={"pool": ds}, data_dir="", out=str(out), count=6, seed=3,
+    csv_path = writer.write(source={"pool": ds}, data_dir="", out=str(out), count=6, seed=3,
                           sample_rate=1000, crossfade_seconds=0.02, clip_seconds=0.5)
     rows = list(csv.DictReader(open(csv_path)))
-    assert len(rows) == 6 and list(rows[0]) == list(acba.CSV_COLUMNS)
+    assert len(rows) == 6 and list(rows[0]) == list(stored.CSV_COLUMNS)
     for row in rows:
         first, second = row["first_id"], row["second_id"]
         assert first != second
@@ -173,20 +175,20 @@ def test_writer_writes_true_pairs_and_reads_back(tmp_path):
         np.testing.assert_allclose(pcm / 32768, want, atol=1 / 32768)
     assert json.loads((out / "acba.json").read_text())["count"] == 6
 
-    back = list(acba.load_written(str(out), 1000).as_numpy_iterator())
+    back = list(stored.load_written(str(out), 1000).as_numpy_iterator())
     assert [b["captions"][0].decode() for b in back] == [r["caption"] for r in rows]
     np.testing.assert_array_equal(back[0]["audio"], soundfile.read(out / "audio" / rows[0]["file_name"],
                                                                    dtype="int16")[0])
     with pytest.raises(ValueError, match="16000 Hz"):
-        acba.load_written(str(out), 16000)
+        stored.load_written(str(out), 16000)
     with pytest.raises(FileNotFoundError, match="acba.csv"):
-        acba.load_written(str(tmp_path), 1000)
+        stored.load_written(str(tmp_path), 1000)
     # Training on clips of the written length or longer reads it; on shorter ones, whose
     # crop would cut a sound off, the source spec is refused with the fix.
-    assert len(list(acba.load_written(str(out), 1000, clip_samples=600))) == 6
-    pipeline.resolve_sources(f"acba:{out}", data_dir="", sample_rate=1000, clip_samples=500)
+    assert len(list(stored.load_written(str(out), 1000, clip_samples=600))) == 6
+    sources_lib.resolve_sources(f"acba:{out}", data_dir="", sample_rate=1000, clip_samples=500)
     with pytest.raises(ValueError, match="pairs of 0.5 s.*--clip_seconds 0.4"):
-        pipeline.resolve_sources(f"acba:{out}", data_dir="", sample_rate=1000, clip_samples=400)
+        sources_lib.resolve_sources(f"acba:{out}", data_dir="", sample_rate=1000, clip_samples=400)
 
 
 def test_writer_cli_keeps_whole_clips(tmp_path):
@@ -197,14 +199,14 @@ def test_writer_cli_keeps_whole_clips(tmp_path):
     rng = np.random.default_rng(4)
     with open(pool / "acba.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(acba.CSV_COLUMNS)
+        w.writerow(stored.CSV_COLUMNS)
         for i in range(4):
             soundfile.write(pool / "audio" / f"p{i}.wav", (rng.uniform(-0.5, 0.5, 500) * 32768).astype(np.int16),
                             1000, subtype="PCM_16")
             w.writerow([f"p{i}.wav", f"Sound number {i}", "", "", ""])
     (pool / "acba.json").write_text(json.dumps({"sample_rate": 1000}))
     out = tmp_path / "out"
-    acba.main(["write", "--source", f"acba:{pool}", "--data_dir", str(tmp_path), "--out", str(out),
+    writer.main(["write", "--source", f"acba:{pool}", "--data_dir", str(tmp_path), "--out", str(out),
                "--count", "3", "--sample_rate", "1000", "--crossfade_seconds", "0.1", "--clip_seconds", "0"])
     rows = list(csv.DictReader(open(out / "acba.csv")))
     assert len(rows) == 3
@@ -214,9 +216,9 @@ def test_writer_cli_keeps_whole_clips(tmp_path):
         assert row["caption"] == acba.join_captions(f"Sound number {row['first_id'][1:]}",
                                                     f"Sound number {row['second_id'][1:]}", row["preposition"])
     with pytest.raises(ValueError, match="--count"):
-        acba.write(source=f"acba:{pool}", data_dir="", out=str(tmp_path / "x"), count=0, sample_rate=1000)
+        writer.write(source=f"acba:{pool}", data_dir="", out=str(tmp_path / "x"), count=0, sample_rate=1000)
     with pytest.raises(ValueError, match="holds whole clips"):
-        acba.load_written(str(out), 1000, clip_samples=2000)
+        stored.load_written(str(out), 1000, clip_samples=2000)
 
 
 def test_writer_names_why_pool_clips_were_excluded(tmp_path):
@@ -224,9 +226,20 @@ def test_writer_names_why_pool_clips_were_excluded(tmp_path):
     # two; 0.07 s (140) makes six of them too short, and the other two name an order.
     ds, _, _ = _pool()
     with pytest.raises(ValueError) as err:
-        acba.write(source={"pool": ds}, data_dir="", out=str(tmp_path / "acba"), count=2,
+        writer.write(source={"pool": ds}, data_dir="", out=str(tmp_path / "acba"), count=2,
                    sample_rate=1000, crossfade_seconds=0.07, clip_seconds=None)
     message = str(err.value)
     assert "found 0" in message
     assert "6 shorter than two cross-fades (0.14 s; --crossfade_seconds)" in message
     assert "2 whose every caption names an order" in message
+
+
+def test_writer_runs_as_a_module():
+    # `python -m data_pipeline.acba write ...` is the documented command.
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "data_pipeline.acba", "write", "--help"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "--clip_seconds" in r.stdout and "--crossfade_seconds" in r.stdout

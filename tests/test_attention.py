@@ -1,4 +1,4 @@
-"""atjax.attention: the Pallas kernels (run in Pallas's interpreter on the CPU) against the
+"""atjax.kernels.attention: the Pallas kernels (run in Pallas's interpreter on the CPU) against the
 reference einsums, forward and backward; the text encoder with either form; the choice
 of form and its errors."""
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atjax import attention as attention_lib
+from atjax import kernels
 from atjax.encoders import text as text_lib
+from atjax.kernels import attention as attention_lib
 
 BATCH, TOKENS, HEADS, HEAD_DIM = 3, 32, 2, 16
 
@@ -51,10 +52,10 @@ def _independent(qkv, key_bias, keep, keep_prob):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_reference_is_the_encoders_former_attention_bit_for_bit(dtype):
-    # Before atjax.attention the text layer computed its attention inline, its Dropout
+    # Before atjax.kernels.attention the text layer computed its attention inline, its Dropout
     # module masking the probabilities; the reference with that module's keep_mask must
     # give the same bits, forward and backward, under jit.
-    from atjax import dropout as dropout_lib
+    from atjax.kernels import dropout as dropout_lib
 
     qkv, key_bias, _, g = _inputs(dtype)
     former_dropout = dropout_lib.Dropout(0.1, rngs=nnx.Rngs(dropout=4))
@@ -130,8 +131,11 @@ def test_gradient_of_the_kernel_is_the_gradient_of_its_function():
 
 def _encoder(impl, dtype, seed=0):
     c = dataclasses.replace(text_lib.preset("roberta-base"), num_layers=2, hidden_size=64,
-                            num_heads=4, intermediate_size=128, attention_impl=impl)
-    return text_lib.TextEncoder(c, dtype=dtype, rngs=nnx.Rngs(seed, dropout=1))
+                            num_heads=4, intermediate_size=128)
+    # The other GPU kernels on (float32 bias gradients: bfloat16 column sums would swamp
+    # the comparison), 32-bit dropout masks.
+    chosen = kernels.choose("fast", {"attention": impl, "dropout_mask_bits": 32})
+    return text_lib.TextEncoder(c, dtype=dtype, kernels=chosen, rngs=nnx.Rngs(seed, dropout=1))
 
 
 def _encoder_step(encoder):
@@ -190,8 +194,8 @@ def test_auto_is_the_reference_off_gpu_and_errors_name_the_problem():
         attention_lib.attention(qkv, key_bias, None, num_heads=HEADS, impl="cudnn")
     with pytest.raises(ValueError, match="keep must be"):
         attention_lib.attention(qkv, key_bias, keep[:, :1], num_heads=HEADS, impl="pallas")
-    with pytest.raises(ValueError, match="attention_impl must be one of"):
-        dataclasses.replace(text_lib.preset("bert-base"), attention_impl="flash")
+    with pytest.raises(ValueError, match="kernel attention must be one of"):
+        kernels.choose("reference", {"attention": "flash"})
 
 
 def test_attention_benchmark_checks_the_kernel_before_timing_it(monkeypatch, capsys, tmp_path):
@@ -219,7 +223,7 @@ def test_attention_benchmark_checks_the_kernel_before_timing_it(monkeypatch, cap
 
 def test_kernel_splits_a_sharded_batch_across_devices():
     # Under a jit whose batch is sharded over 4 devices, each device runs the kernel on
-    # its own sequences (atjax.attention._batch_partitioned): no gathering of the batch
+    # its own sequences (atjax.kernels.attention._batch_partitioned): no gathering of the batch
     # (the partitioner gathered it without the rule), and the same values as on one device.
     import os
     import subprocess
@@ -229,7 +233,7 @@ def test_kernel_splits_a_sharded_batch_across_devices():
 import re
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from atjax import attention as A
+from atjax.kernels import attention as A
 r = np.random.default_rng(0)
 B, T, H, D = 8, 16, 2, 16
 qkv = jnp.asarray(r.normal(size=(B, T, 3 * H, D)), jnp.float32)

@@ -2,6 +2,7 @@
 consistent figures, and `atjax.bench profile` attributes device time to the model's parts
 and to op categories that a hand-made program is known to contain."""
 
+import ast
 import json
 import pathlib
 import types
@@ -13,7 +14,11 @@ import pytest
 
 from atjax import config as config_lib
 from atjax import train_step as step_lib
+from atjax.bench import attribution
+from atjax.bench import capture as capture_lib
+from atjax.bench import hlo as hlo_lib
 from atjax.bench import profile as profile_lib
+from atjax.bench import trace as trace_lib
 from atjax.bench import train_step as bench
 
 TINY = f"{pathlib.Path(__file__).resolve().parents[1]}/configs/synthetic.py:size=tiny"
@@ -22,14 +27,14 @@ TINY = f"{pathlib.Path(__file__).resolve().parents[1]}/configs/synthetic.py:size
 @pytest.mark.slow
 def test_train_step_bench_reports_consistent_figures(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    assert bench.main(["--config", TINY, "--config.rng_impl=rbg", "--heads", "mlp",
+    assert bench.main(["--config", TINY, "--config.model.kernel_overrides.rng_impl=rbg", "--heads", "mlp",
                        "--dtypes", "float32", "--batch_size", "8", "--warmup", "1",
                        "--steps", "2", "--repeats", "2", "--sync_steps", "2",
                        "--out", str(out)]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads(out.read_text().splitlines()[-1]) == line
     assert "error" not in line, line
-    assert line["rng_impl"] == "rbg" and line["overrides"] == ["rng_impl=rbg"]
+    assert line["rng_impl"] == "rbg" and line["overrides"] == ["model.kernel_overrides.rng_impl=rbg"]
     assert line["head"] == "mlp" and line["dtype"] == "float32" and line["batch_size"] == 8
     assert 0 < line["step_ms_min"] <= line["step_ms"] <= line["step_ms_max"]
     assert line["step_ms_window"] > 0
@@ -122,23 +127,48 @@ def test_train_step_bench_reports_a_failing_setting(capsys):
 
 
 def test_rng_impl_is_checked_and_keys_the_step():
-    config = config_lib.load(TINY, ["rng_impl=rbg"])
+    config = config_lib.load(TINY, ["model.kernel_overrides.rng_impl=rbg"])
     assert jax.random.key_impl(step_lib.base_key(config)) == jax.random.key_impl(
         jax.random.key(0, impl="rbg"))
     with pytest.raises(ValueError, match="rng_impl must be one of"):
-        step_lib.base_key(config_lib.load(TINY, ["rng_impl=philox"]))
+        step_lib.base_key(config_lib.load(TINY, ["model.kernel_overrides.rng_impl=philox"]))
+
+
+def test_the_bench_modules_import_one_another_without_a_loop():
+    # Function-level imports count too: a loop of lazy imports is a loop all the same.
+    folder = pathlib.Path(bench.__file__).parent
+    imports = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "atjax.bench":
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "atjax.bench."):
+                found.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[2] for a in node.names
+                          if a.name.startswith("atjax.bench.")}
+        imports[path.stem] = found - {path.stem}
+    assert "capture" in imports["train_step"] and "train_step" in imports["profile"]
+
+    def reaches(start, target, seen=()):
+        return any(m == target or (m not in seen and reaches(m, target, (*seen, m)))
+                   for m in imports.get(start, ()))
+
+    assert [m for m in imports if reaches(m, m)] == []
 
 
 def test_scope_of_reads_the_model_scopes():
-    assert profile_lib.scope_of(
+    assert hlo_lib.scope_of(
         "jit(train_step)/transpose(jvp(audio_encoder))/stage2/conv_general_dilated"
     ) == ("audio_encoder/stage2", "backward")
-    assert profile_lib.scope_of(
+    assert hlo_lib.scope_of(
         "jit(train_step)/jvp(text_encoder)/layers/dot_general") == ("text_encoder/layers",
                                                                    "forward")
-    assert profile_lib.scope_of("jit(train_step)/optimizer/mul") == ("optimizer", "forward")
-    assert profile_lib.scope_of("jit(train_step)/jvp(loss)/exp") == ("loss", "forward")
-    assert profile_lib.scope_of("jit(train_step)/add") == ("other", "forward")
+    assert hlo_lib.scope_of("jit(train_step)/optimizer/mul") == ("optimizer", "forward")
+    assert hlo_lib.scope_of("jit(train_step)/jvp(loss)/exp") == ("loss", "forward")
+    assert hlo_lib.scope_of("jit(train_step)/add") == ("other", "forward")
 
 
 def test_categories_of_a_known_program():
@@ -150,8 +180,8 @@ def test_categories_of_a_known_program():
 
     args = (jax.random.key(0), jnp.ones((2, 3, 16, 16)), jnp.ones((4, 3, 3, 3)),
             jnp.ones((32, 32)))
-    hlo = profile_lib.parse_hlo(jax.jit(f).lower(*args).compile().as_text())
-    found = {profile_lib.category(hlo, inst) for inst in hlo.instructions.values()}
+    hlo = hlo_lib.parse_hlo(jax.jit(f).lower(*args).compile().as_text())
+    found = {hlo_lib.category(hlo, inst) for inst in hlo.instructions.values()}
     assert {"convolution", "matmul", "fft", "rng", "reduction"} <= found
 
 
@@ -194,14 +224,14 @@ ENTRY %main (a: u32[64,8], b: u32[64,8], c: s32[64,8]) -> u32[64,8] {
 
 def test_threefry_rounds_count_as_rng_under_their_callers_name():
     # As XLA:GPU fuses dropout's threefry rounds: named after the calling scope.
-    hlo = profile_lib.parse_hlo(THREEFRY_HLO)
+    hlo = hlo_lib.parse_hlo(THREEFRY_HLO)
     inst = hlo.instructions
-    assert profile_lib.category(hlo, inst["loop_xor_fusion"]) == "rng"
-    assert profile_lib.scope_of(profile_lib.op_name_of(hlo, inst["loop_xor_fusion"])) == (
+    assert hlo_lib.category(hlo, inst["loop_xor_fusion"]) == "rng"
+    assert hlo_lib.scope_of(hlo_lib.op_name_of(hlo, inst["loop_xor_fusion"])) == (
         "audio_encoder/stage1", "forward")
     # Signed bit tricks and a lone xor are not a PRNG.
-    assert profile_lib.category(hlo, inst["loop_xor_fusion.1"]) == "elementwise"
-    assert profile_lib.category(hlo, inst["xor.3"]) == "elementwise"
+    assert hlo_lib.category(hlo, inst["loop_xor_fusion.1"]) == "elementwise"
+    assert hlo_lib.category(hlo, inst["xor.3"]) == "elementwise"
 
 
 @pytest.mark.slow
@@ -289,7 +319,7 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
            "ATTENTION_ARGS": "--interpret --batch_size 2 --heads 2 --calls 1 --repeats 1"}
     result = subprocess.run(
         ["bash", "launch/gpu_bench.sh", str(out), TINY, "mlp:float32",
-         "mlp:float32:rng_impl=rbg,model.text.attention_impl=auto", "transformer:float16",
+         "mlp:float32:model.kernel_overrides.rng_impl=rbg,model.kernel_overrides.attention=auto", "transformer:float16",
          "mlp:float32@--xla_cpu_enable_fast_math=false", "mlp:float32"],
         cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -299,10 +329,10 @@ def test_gpu_session_script_runs_end_to_end(tmp_path):
     profiled = json.loads((out / "profile.json").read_text())
     assert (profiled["head"], profiled["dtype"], profiled["batch_size"]) == ("mlp", "float32", 8)
     second = json.loads((out / "profile_b.json").read_text())
-    assert second["overrides"] == ["rng_impl=rbg", "model.text.attention_impl=auto"]
+    assert second["overrides"] == ["model.kernel_overrides.rng_impl=rbg", "model.kernel_overrides.attention=auto"]
     assert (out / "profile_b.txt").read_text().startswith("step ")
     assert lines[0]["profile"] and lines[1]["profile"] and "profile" not in lines[4]
-    assert lines[1]["overrides"] == ["rng_impl=rbg", "model.text.attention_impl=auto"]
+    assert lines[1]["overrides"] == ["model.kernel_overrides.rng_impl=rbg", "model.kernel_overrides.attention=auto"]
     assert lines[3]["xla_flags"] == "--xla_cpu_enable_fast_math=false"
     assert lines[0]["xla_flags"] == lines[1]["xla_flags"] == ""
     # The repeat of the first setting loads the step the first run compiled.
@@ -335,14 +365,14 @@ def test_saved_files_are_read_plain_gzipped_or_xz(tmp_path):
         folder.mkdir()
         with opener(folder / f"trace.xplane.pb{suffix}", "wb") as f:
             f.write(b"\x00trace bytes")
-        path = profile_lib._saved(folder, "trace.xplane.pb")
+        path = capture_lib._saved(folder, "trace.xplane.pb")
         assert path == folder / "trace.xplane.pb" and path.read_bytes() == b"\x00trace bytes"
     with pytest.raises(FileNotFoundError, match="nor step.hlo.txt.xz"):
-        profile_lib._saved(tmp_path / "plain", "step.hlo.txt")
+        capture_lib._saved(tmp_path / "plain", "step.hlo.txt")
 
 
 def test_library_call_after_follows_the_schedule():
-    hlo = profile_lib.parse_hlo(
+    hlo = hlo_lib.parse_hlo(
         "HloModule m, is_scheduled=true\n\n"
         "body {\n  %a = f32[8] parameter(0)\n"
         "  %loop_add_fusion.1 = f32[8] fusion(%a), kind=kLoop, calls=%f\n"
@@ -350,22 +380,22 @@ def test_library_call_after_follows_the_schedule():
         "  %custom-call.7 = (f32[2,2], s8[64]) custom-call(%bitcast.2, %bitcast.2), "
         "custom_call_target=\"__cublas$lt$matmul\"\n"
         "  ROOT %loop_exp_fusion = f32[8] fusion(%a), kind=kLoop, calls=%g\n}\n")
-    fusion = profile_lib.instruction_of(hlo, "kernel:loop_add_fusion_1")
+    fusion = hlo_lib.instruction_of(hlo, "kernel:loop_add_fusion_1")
     assert fusion is hlo.instructions["loop_add_fusion.1"]
-    assert profile_lib.library_call_after(hlo, fusion).name == "custom-call.7"
-    assert profile_lib.library_call_after(hlo, hlo.instructions["custom-call.7"]) is None
-    assert profile_lib.instruction_of(hlo, "kernel:nvjet_sm90_tst_128x128") is None
+    assert hlo_lib.library_call_after(hlo, fusion).name == "custom-call.7"
+    assert hlo_lib.library_call_after(hlo, hlo.instructions["custom-call.7"]) is None
+    assert hlo_lib.instruction_of(hlo, "kernel:nvjet_sm90_tst_128x128") is None
 
 
 def test_pallas_kernels_are_found_by_their_own_names():
-    # A Pallas kernel (atjax.attention) runs as a custom call whose trace kernels carry
+    # A Pallas kernel (atjax.kernels.attention) runs as a custom call whose trace kernels carry
     # the kernel's name from its backend config, not the instruction's; a cuBLAS kernel
     # after it is placed at the next library call, never at a Pallas call.
     pallas = ('custom_call_target="__gpu$xla.gpu.triton", metadata={{op_name='
               '"jit(train_step)/jvp(text_encoder)/layers/pallas_call"}}, backend_config='
               '{{debug = false, grid_x = 64 : i32, ir = "ML\\EFR", name = "{}", num_stages '
               '= 1 : i32, num_warps = 2 : i32}}')
-    hlo = profile_lib.parse_hlo(
+    hlo = hlo_lib.parse_hlo(
         "HloModule m, is_scheduled=true\n\nENTRY main {\n"
         "  %qkv = bf16[64,32,48,64] parameter(0)\n  %bias = f32[64,32] parameter(1)\n"
         "  %pallas_call.2 = bf16[64,32,16,64] custom-call(%qkv, %bias), "
@@ -376,15 +406,15 @@ def test_pallas_kernels_are_found_by_their_own_names():
         "custom_call_target=\"__cublas$lt$matmul\"\n"
         "  ROOT %pallas_call.3 = bf16[64,32,48,64] custom-call(%qkv, %bias), "
         + pallas.format("attention_backward") + "\n}\n")
-    forward = profile_lib.instruction_of(hlo, "kernel:attention_forward")
+    forward = hlo_lib.instruction_of(hlo, "kernel:attention_forward")
     assert forward is hlo.instructions["pallas_call.2"]
-    assert profile_lib.instruction_of(hlo, "kernel:attention_backward").name == "pallas_call.3"
-    assert profile_lib.category(hlo, forward) == "pallas"
-    assert profile_lib.scope_of(forward.op_name) == ("text_encoder/layers", "forward")
-    assert profile_lib.bytes_accessed(hlo, forward) == (64 * 32 * 48 * 64 * 2 + 64 * 32 * 4
+    assert hlo_lib.instruction_of(hlo, "kernel:attention_backward").name == "pallas_call.3"
+    assert hlo_lib.category(hlo, forward) == "pallas"
+    assert hlo_lib.scope_of(forward.op_name) == ("text_encoder/layers", "forward")
+    assert hlo_lib.bytes_accessed(hlo, forward) == (64 * 32 * 48 * 64 * 2 + 64 * 32 * 4
                                                         + 64 * 32 * 16 * 64 * 2)
-    assert profile_lib.library_call_after(hlo, forward).name == "custom-call.4"
-    assert profile_lib.library_call_after(hlo, hlo.instructions["custom-call.4"]) is None
+    assert hlo_lib.library_call_after(hlo, forward).name == "custom-call.4"
+    assert hlo_lib.library_call_after(hlo, hlo.instructions["custom-call.4"]) is None
 
 
 def test_kept_h200_trace_places_cublas_kernels_of_command_buffers(tmp_path):
@@ -403,7 +433,7 @@ def test_kept_h200_trace_places_cublas_kernels_of_command_buffers(tmp_path):
     folder.mkdir()
     for name in ("profile.json", "step.hlo.txt.xz", "trace.xplane.pb.xz"):
         shutil.copy(kept / name, folder / name)
-    summary = profile_lib.reread(folder, top=5000, out=tmp_path / "new")
+    summary = capture_lib.reread(folder, top=5000, out=tmp_path / "new")
     assert sum(summary["by_scope"].get("unattributed", {"f": 0.0}).values()) < 0.1
     placed = [r for r in summary["top_ops"] if r["op"].startswith("custom-call.")]
     assert {r["scope"] for r in placed} == {"text_encoder/layers", "audio_encoder/frontend"}
@@ -421,12 +451,12 @@ def test_kept_h200_trace_places_cublas_kernels_of_command_buffers(tmp_path):
 def test_summary_of_unannotated_kernels():
     # A GPU trace whose kernels carry no op annotation: fusion kernels map back to their
     # HLO ops by name, library kernels are classed by name, and idle is wall minus busy.
-    hlo = profile_lib.Hlo({"loop_add_fusion.3": profile_lib.Instruction(
+    hlo = hlo_lib.Hlo({"loop_add_fusion.3": hlo_lib.Instruction(
         "loop_add_fusion.3", "add", "jit(train_step)/optimizer/add")}, {})
-    times = {name: profile_lib.OpTime(name, ns, calls) for name, ns, calls in (
+    times = {name: trace_lib.OpTime(name, ns, calls) for name, ns, calls in (
         ("kernel:loop_add_fusion_3", 4e6, 2), ("kernel:sm90_xmma_gemm_bf16bf16", 2e6, 2),
         ("kernel:cudnn_conv_fprop", 1e6, 2))}
-    summary = profile_lib.summarize(times, hlo, steps=2, wall_s=0.008)
+    summary = attribution.summarize(times, hlo, steps=2, wall_s=0.008)
     assert summary["by_scope"]["optimizer"] == {"forward": 2.0, "backward": 0.0}
     assert summary["by_scope"]["unattributed"]["forward"] == 1.5
     assert summary["by_category"] == {"elementwise": 2.0, "matmul": 1.0, "convolution": 0.5}
@@ -437,33 +467,33 @@ def test_summary_of_unannotated_kernels():
 def test_busy_time_counts_concurrent_kernels_once():
     # Kernels of one CUDA graph can overlap: busy time is the union of their intervals,
     # while the op times still add up by category.
-    assert profile_lib._union_ns([(0, 4), (2, 6), (10, 11), (3, 5)]) == 7
-    assert profile_lib._union_ns([]) == 0
-    times = {"kernel:loop_add_fusion_1": profile_lib.OpTime("kernel:loop_add_fusion_1", 6e6, 2),
-             "kernel:nvjet_sm90_tst_128x128": profile_lib.OpTime("kernel:nvjet_sm90_tst_128x128",
+    assert trace_lib._union_ns([(0, 4), (2, 6), (10, 11), (3, 5)]) == 7
+    assert trace_lib._union_ns([]) == 0
+    times = {"kernel:loop_add_fusion_1": trace_lib.OpTime("kernel:loop_add_fusion_1", 6e6, 2),
+             "kernel:nvjet_sm90_tst_128x128": trace_lib.OpTime("kernel:nvjet_sm90_tst_128x128",
                                                                  4e6, 2)}
-    summary = profile_lib.summarize(times, profile_lib.Hlo({}, {}), steps=2, wall_s=0.010,
+    summary = attribution.summarize(times, hlo_lib.Hlo({}, {}), steps=2, wall_s=0.010,
                                     busy_ns=8e6, span_ns=9e6)
     assert summary["device_op_ms"] == 5.0 and summary["device_busy_ms"] == 4.0
     assert summary["device_idle_ms"] == 1.0 and summary["device_span_ms"] == 4.5
     assert summary["by_category"] == {"elementwise": 3.0, "matmul": 2.0}
-    text = profile_lib.format_tables(summary)
+    text = attribution.format_tables(summary)
     assert "device busy 4.00 ms, idle 1.00 ms; op time 5.00 ms" in text
 
 
 def test_short_kernels_are_counted_by_their_mean_length():
     # Three ops over 2 steps: 4 kernels of 1.5 us, 2 of 4 us, 2 of 30 us. Each op is classed
     # by its mean kernel length, per step, and the short ones are also split by part.
-    hlo = profile_lib.Hlo({
-        "loop_add_fusion.1": profile_lib.Instruction(
+    hlo = hlo_lib.Hlo({
+        "loop_add_fusion.1": hlo_lib.Instruction(
             "loop_add_fusion.1", "add", "jit(train_step)/optimizer/add"),
-        "input_reduce_fusion.2": profile_lib.Instruction(
+        "input_reduce_fusion.2": hlo_lib.Instruction(
             "input_reduce_fusion.2", "reduce",
             "jit(train_step)/transpose(jvp(text_encoder))/layers/reduce_sum")}, {})
-    times = {name: profile_lib.OpTime(name, ns, calls) for name, ns, calls in (
+    times = {name: trace_lib.OpTime(name, ns, calls) for name, ns, calls in (
         ("kernel:loop_add_fusion_1", 4 * 1500, 4), ("kernel:input_reduce_fusion_2", 2 * 4000, 2),
         ("kernel:nvjet_sm90_tst_128x128", 2 * 30000, 2))}
-    summary = profile_lib.summarize(times, hlo, steps=2, wall_s=1e-4)
+    summary = attribution.summarize(times, hlo, steps=2, wall_s=1e-4)
     assert summary["kernels_per_step"] == 4.0
     assert summary["short_kernels"] == {"2": {"kernels": 2.0, "ms": 0.003},
                                         "5": {"kernels": 3.0, "ms": 0.007},
@@ -471,7 +501,7 @@ def test_short_kernels_are_counted_by_their_mean_length():
     assert summary["short_kernels_by_part"] == {
         "text_encoder/layers (backward)": {"kernels": 1.0, "ms": 0.004},
         "optimizer (forward)": {"kernels": 2.0, "ms": 0.003}}
-    text = profile_lib.format_tables(summary)
+    text = attribution.format_tables(summary)
     assert "short kernels (4 kernels per step in all" in text
     assert "    text_encoder/layers (backward)                    1     0.004" in text
 
@@ -509,7 +539,7 @@ ENTRY %main.9 (x.1: f32[64,32], b.1: bf16[32], img.1: bf16[2,8,10,10]) -> bf16[6
 
 
 def test_bytes_accessed_of_a_hand_written_module():
-    hlo = profile_lib.parse_hlo(BYTES_HLO)
+    hlo = hlo_lib.parse_hlo(BYTES_HLO)
     inst = hlo.instructions
     assert inst["fusion.1"].operands == ("x.1", "b.1")  # not its body's parameters
     assert inst["param_0"].operands == () and inst["add.1"].operands == ("param_0",
@@ -527,7 +557,7 @@ def test_bytes_accessed_of_a_hand_written_module():
     assert inst["cudnn-conv.1"].target == "__cudnn$convForward"
 
     def moved(name):
-        return profile_lib.bytes_accessed(hlo, inst[name])
+        return hlo_lib.bytes_accessed(hlo, inst[name])
 
     # Reads x (f32[64,32]) and b (bf16[32]), writes an f32 and a bf16 [64,32].
     assert moved("fusion.1") == (64 * 32 * 4 + 32 * 2) + (64 * 32 * 4 + 64 * 32 * 2)
@@ -543,16 +573,16 @@ def test_bytes_accessed_of_a_hand_written_module():
 
 
 def test_summary_reports_the_bandwidth_of_each_op():
-    hlo = profile_lib.parse_hlo(BYTES_HLO)
+    hlo = hlo_lib.parse_hlo(BYTES_HLO)
     fusion = (64 * 32 * 4 + 32 * 2) + (64 * 32 * 4 + 64 * 32 * 2)
     conv = 2 * 8 * 10 * 10 * 2 + 16 * 8 * 3 * 3 * 2 + 2 * 16 * 10 * 10 * 2
     times = {t.name: t for t in (
         # a fusion in a command buffer, known by its kernel's name
-        profile_lib.OpTime("kernel:fusion_1", ns=9e3, calls=4),
+        trace_lib.OpTime("kernel:fusion_1", ns=9e3, calls=4),
         # a convolution whose 2 runs launched 6 kernels (memsets, layout transforms)
-        profile_lib.OpTime("cudnn-conv.1", ns=6e3, calls=6, runs=2),
-        profile_lib.OpTime("kernel:nvjet_sm90_tst_128x128", ns=3e3, calls=2))}
-    summary = profile_lib.summarize(times, hlo, steps=2, wall_s=1e-5)
+        trace_lib.OpTime("cudnn-conv.1", ns=6e3, calls=6, runs=2),
+        trace_lib.OpTime("kernel:nvjet_sm90_tst_128x128", ns=3e3, calls=2))}
+    summary = attribution.summarize(times, hlo, steps=2, wall_s=1e-5)
     rows = {r["op"]: r for r in summary["top_ops"]}
     assert list(rows) == ["kernel:fusion_1", "cudnn-conv.1", "kernel:nvjet_sm90_tst_128x128"]
     row = rows["kernel:fusion_1"]
@@ -565,7 +595,7 @@ def test_summary_reports_the_bandwidth_of_each_op():
     assert row["calls_per_step"] == 3
     row = rows["kernel:nvjet_sm90_tst_128x128"]
     assert (row["bytes_per_call"], row["gb_per_s"], row["shape"]) == (None, None, "")
-    lines = profile_lib.format_tables(summary).splitlines()
+    lines = attribution.format_tables(summary).splitlines()
     at = lines.index(next(x for x in lines if x.startswith("heaviest ops")))
     assert "GB/s" in lines[at]
     assert f"{fusion * 4 / 9e3:7.0f} {'':7}  elementwise" in lines[at + 1]
@@ -593,7 +623,7 @@ def test_kernels_of_one_library_call_are_one_run(monkeypatch):
     profile = types.SimpleNamespace(planes=[plane])
     monkeypatch.setattr(jax.profiler, "ProfileData",
                         types.SimpleNamespace(from_file=lambda path: profile))
-    ops = profile_lib.device_op_times("unused.xplane.pb", module_hint="").ops
+    ops = trace_lib.device_op_times("unused.xplane.pb", module_hint="").ops
     assert (ops["cudnn-conv.1"].calls, ops["cudnn-conv.1"].runs) == (5, 2)
     assert (ops["kernel:loop_add_fusion_3"].calls, ops["kernel:loop_add_fusion_3"].runs) == (2, 2)
 
@@ -603,7 +633,7 @@ def test_a_failing_profile_keeps_the_timings(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("no device plane")
 
-    monkeypatch.setattr(profile_lib, "capture", broken)
+    monkeypatch.setattr(capture_lib, "capture", broken)
     assert bench.main(["--config", TINY, "--heads", "mlp", "--dtypes", "float32",
                        "--batch_size", "8", "--warmup", "1", "--steps", "2", "--repeats", "1",
                        "--sync_steps", "0", "--profile", "unused"]) == 0
@@ -640,11 +670,11 @@ ENTRY %main.3 (a: bf16[8,64], b: bf16[64,32]) -> bf16[8,32] {
 
 
 def test_flops_of_library_calls_and_fusions():
-    hlo = profile_lib.parse_hlo(FLOPS_HLO)
+    hlo = hlo_lib.parse_hlo(FLOPS_HLO)
     # A header with six parameters numbers them in /*index=5*/: still a new computation.
     assert [i.name for i in hlo.computations["gemm_computation"]] == ["p0", "p1", "dot.7"]
     assert [i.name for i in hlo.computations["after"]] == ["q0"]
-    flops = {name: profile_lib.flops(hlo, hlo.instructions[name]) for name in (
+    flops = {name: hlo_lib.flops(hlo, hlo.instructions[name]) for name in (
         "gemm_fusion_dot.1", "custom-call.2", "cudnn-conv.1", "cudnn-conv-bw-input.1",
         "cudnn-conv-bw-filter.1", "a")}
     assert flops["gemm_fusion_dot.1"] == flops["custom-call.2"] == 2 * 8 * 32 * 64
@@ -675,26 +705,26 @@ def test_flops_of_compiled_convolutions_and_dots_match_a_direct_count(stride, di
 
     out = conv(x, w)
     macs = float(out.sum())  # sum over outputs and output channels of (taps x channels)
-    hlo = profile_lib.parse_hlo(jax.jit(conv).lower(x, w).compile().as_text())
+    hlo = hlo_lib.parse_hlo(jax.jit(conv).lower(x, w).compile().as_text())
     convs = [i for i in hlo.instructions.values() if i.opcode == "convolution"]
     assert len(convs) == 1
-    assert profile_lib.flops(hlo, convs[0]) == 2 * macs
+    assert hlo_lib.flops(hlo, convs[0]) == 2 * macs
     a, b = jnp.ones((3, 7, 11)), jnp.ones((3, 11, 5))
-    hlo = profile_lib.parse_hlo(jax.jit(dot).lower(a, b).compile().as_text())
+    hlo = hlo_lib.parse_hlo(jax.jit(dot).lower(a, b).compile().as_text())
     dots = [i for i in hlo.instructions.values() if i.opcode == "dot"]
-    work = [profile_lib.flops(hlo, i) for i in hlo.instructions.values()
-            if i.opcode == "dot" or (i.calls and profile_lib.flops(hlo, i))]
+    work = [hlo_lib.flops(hlo, i) for i in hlo.instructions.values()
+            if i.opcode == "dot" or (i.calls and hlo_lib.flops(hlo, i))]
     assert dots and max(work) == 2 * 3 * 7 * 5 * 11
 
 
 def test_summary_reports_tflops_and_rates_by_part():
-    hlo = profile_lib.parse_hlo(FLOPS_HLO)
+    hlo = hlo_lib.parse_hlo(FLOPS_HLO)
     forward = 2 * 2 * 5 * 3 * 28 * 19
     # Nanosecond kernels, so that this small convolution shows tens of TFLOP/s.
-    times = {t.name: t for t in (profile_lib.OpTime("cudnn-conv.1", ns=2.0, calls=3, runs=1),
-                                 profile_lib.OpTime("cudnn-conv-bw-input.1", ns=1.0, calls=1),
-                                 profile_lib.OpTime("x", ns=4.0, calls=1))}
-    summary = profile_lib.summarize(times, hlo, steps=1, wall_s=1e-5)
+    times = {t.name: t for t in (trace_lib.OpTime("cudnn-conv.1", ns=2.0, calls=3, runs=1),
+                                 trace_lib.OpTime("cudnn-conv-bw-input.1", ns=1.0, calls=1),
+                                 trace_lib.OpTime("x", ns=4.0, calls=1))}
+    summary = attribution.summarize(times, hlo, steps=1, wall_s=1e-5)
     rows = {r["op"]: r for r in summary["top_ops"]}
     assert rows["cudnn-conv.1"]["flop_per_call"] == forward
     assert rows["cudnn-conv.1"]["tflop_per_s"] == pytest.approx(forward / 2.0 / 1e3, abs=0.05)
@@ -705,4 +735,4 @@ def test_summary_reports_tflops_and_rates_by_part():
     assert part["tflop_per_s"] == pytest.approx(2 * forward / 3.0 / 1e3, abs=0.05)
     assert part["gb"] == pytest.approx(2 * 10 * 7 * 3 * 2 / 1e9, rel=1e-5)
     assert part["gb_per_s"] == pytest.approx(2 * 10 * 7 * 3 * 2 / 4.0, abs=0.05)
-    assert "rates by part" in profile_lib.format_tables(summary)
+    assert "rates by part" in attribution.format_tables(summary)

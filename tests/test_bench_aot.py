@@ -99,14 +99,14 @@ def test_command_compiles_the_step_for_the_attached_devices(tmp_path, capsys):
     out = tmp_path / "aot.jsonl"
     assert aot.main(["--target", "local", "--config", TINY, "--heads", "mlp,transformer",
                      "--dtypes", "float32", "--batch_size", "8", "--text_length", "8",
-                     "--config.compute_weight_copies=True", "--out", str(out),
+                     "--config.model.kernel_overrides.weight_copies=True", "--out", str(out),
                      "--hlo", str(tmp_path / "hlo")]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["head"] for r in lines] == ["mlp", "transformer"]
     assert [json.loads(line) for line in out.read_text().splitlines()] == lines
     for r in lines:
         assert r["bench"] == "aot" and r["target"] == "local" and r["dtype"] == "float32"
-        assert r["overrides"] == ["compute_weight_copies=True"]
+        assert r["overrides"] == ["model.kernel_overrides.weight_copies=True"]
         assert r["kernels"] == sum(r["kernels_by_category"].values()) > 0
         assert r["traffic_gb"] == pytest.approx(
             sum(r["traffic_gb_by_category"].values()), abs=1e-2)

@@ -1,4 +1,4 @@
-"""atjax.column_sum (per-feature sums in two stages on GPUs) and the text encoder's bias add
+"""atjax.kernels.column_sum (per-feature sums in two stages on GPUs) and the text encoder's bias add
 that uses it. The GPU form is run here directly and its selection is checked in a lowering
 for CUDA, which needs no GPU."""
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atjax import column_sum
-from atjax.encoders import text
+from atjax.kernels import column_sum
+from atjax.encoders import bert
 
 
 @pytest.mark.parametrize("shape", [(64, 32, 40), (7, 300, 5), (129, 3), (100, 2)])
@@ -79,6 +79,10 @@ def _linear_case(dtype, features: int, bias: float, seeds: tuple[int, int], batc
     return graphdef, state, x, cot
 
 
+def _fast_dense(layer, x, activation=None, remat=False):
+    return bert.dense(layer, x, activation, column_sum=True, remat=remat)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dense_matches_nnx_linear(dtype):
     # Same forward values as nnx.Linear; the same gradients, the bias gradient summed in
@@ -89,7 +93,7 @@ def test_dense_matches_nnx_linear(dtype):
         return apply(nnx.merge(graphdef, params), x)
 
     reference = outputs(lambda m, v: m(v), state)
-    ours = outputs(text._dense, state)
+    ours = outputs(_fast_dense, state)
     assert ours.dtype == reference.dtype == dtype
     np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(reference, np.float32))
 
@@ -97,7 +101,7 @@ def test_dense_matches_nnx_linear(dtype):
         _, pullback = jax.vjp(lambda p: outputs(apply, p), state)
         return pullback(cot)[0]
 
-    ref_grads, our_grads = vjp(lambda m, v: m(v)), vjp(text._dense)
+    ref_grads, our_grads = vjp(lambda m, v: m(v)), vjp(_fast_dense)
     np.testing.assert_array_equal(np.asarray(our_grads["kernel"].get_value()),
                                   np.asarray(ref_grads["kernel"].get_value()))
     dbias = our_grads["bias"].get_value()
@@ -116,25 +120,27 @@ def test_dense_input_gradient_passes_through():
     layer = nnx.Linear(5, 3, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(2))
     x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 5)), jnp.float32)
     want = jax.grad(lambda v: jnp.sum(jnp.tanh(layer(v))))(x)
-    got = jax.grad(lambda v: jnp.sum(jnp.tanh(text._dense(layer, v))))(x)
+    got = jax.grad(lambda v: jnp.sum(jnp.tanh(_fast_dense(layer, v))))(x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("column_sum", [True, False])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_new", "relu"])
-def test_dense_activation_is_rematerialised_with_the_same_numbers(dtype, activation, capsys):
-    # `_dense(layer, x, act)` recomputes the activation in the backward pass: the values
-    # bit for bit those of `act(_dense(layer, x))` and the gradients equal to rounding
-    # (XLA may keep a fused bfloat16 intermediate unrounded), while the forward keeps only
-    # the matmul's output for it (not exact GELU's erfc intermediates).
-    act = text._ACTIVATIONS[activation]
+def test_dense_activation_is_rematerialised_with_the_same_numbers(dtype, activation,
+                                                                  column_sum, capsys):
+    # `dense(layer, x, act, remat=True)` recomputes the activation in the backward pass:
+    # the values bit for bit those of `act(dense(layer, x))` and the gradients equal to
+    # rounding (XLA may keep a fused bfloat16 intermediate unrounded), while the forward
+    # keeps only the matmul's output for it (not exact GELU's erfc intermediates).
+    act = bert._ACTIVATIONS[activation]
     graphdef, state, x, cot = _linear_case(dtype, 32, 0.5, (4, 5), batch=4)
 
     def plain(p, v):
-        return act(text._dense(nnx.merge(graphdef, p), v))
+        return act(bert.dense(nnx.merge(graphdef, p), v, column_sum=column_sum))
 
     def remat(p, v):
-        return text._dense(nnx.merge(graphdef, p), v, act)
+        return bert.dense(nnx.merge(graphdef, p), v, act, column_sum=column_sum, remat=True)
 
     results = {}
     for name, f in (("plain", plain), ("remat", remat)):
@@ -158,7 +164,9 @@ def test_dense_activation_is_rematerialised_with_the_same_numbers(dtype, activat
     kept = saved(remat)
     assert "erfc" not in kept and "exp" not in kept
     short = {jnp.float32: "f32", jnp.bfloat16: "bf16"}[dtype]
-    assert f"{short}[4,64,32] output of dot_general" in kept, kept
+    assert f"{short}[4,64,32]" in kept, kept  # the layer's output, once
+    if column_sum:  # before the bias: the matmul's own output
+        assert f"{short}[4,64,32] output of dot_general" in kept, kept
     if activation == "gelu":
         assert "erfc" in saved(plain)
 
@@ -166,28 +174,21 @@ def test_dense_activation_is_rematerialised_with_the_same_numbers(dtype, activat
 def test_remat_activation_setting_follows_the_compute_dtype_unless_forced():
     import dataclasses
 
-    from atjax import model as model_lib
+    from atjax import kernels
 
-    tiny = dataclasses.replace(text.preset("bert-base"), num_layers=1, hidden_size=32,
+    tiny = dataclasses.replace(bert.preset("bert-base"), num_layers=1, hidden_size=32,
                                num_heads=2, intermediate_size=64, vocab_size=50)
 
-    def flag(config, dtype):
-        encoder = text.TextEncoder(config, dtype=dtype, rngs=nnx.Rngs(0))
+    def flag(setting, dtype, **overrides):
+        chosen = kernels.choose(setting, overrides)
+        encoder = bert.TextEncoder(tiny, dtype=dtype, kernels=chosen, rngs=nnx.Rngs(0))
         return encoder.layers[0].remat_activation
 
-    # Automatic: recomputed for 16-bit compute; float32 keeps autodiff's residuals, the
-    # numbers the CPU studies were made with.
-    assert flag(tiny, jnp.bfloat16) is True and flag(tiny, jnp.float32) is False
-    forced = dataclasses.replace(tiny, remat_activation=True)
-    assert flag(forced, jnp.float32) is True
-    assert flag(dataclasses.replace(tiny, remat_activation=False), jnp.bfloat16) is False
+    # "fast": recomputed for 16-bit compute; float32 keeps autodiff's residuals, the
+    # numbers the CPU studies were made with. "reference": never, unless forced.
+    assert flag("fast", jnp.bfloat16) is True and flag("fast", jnp.float32) is False
+    assert flag("reference", jnp.bfloat16) is False
+    assert flag("reference", jnp.float32, remat_activation=True) is True
+    assert flag("fast", jnp.bfloat16, remat_activation=False) is False
     with pytest.raises(ValueError, match="remat_activation must be None"):
-        dataclasses.replace(tiny, remat_activation="yes")
-    # The model config's field reaches the encoder; a config written before it has None.
-    config = model_lib.default_config()
-    config.text.encoder = "bert-base"
-    assert model_lib.text_config(config).remat_activation is None
-    config.text.remat_activation = True
-    assert model_lib.text_config(config).remat_activation is True
-    del config.text.remat_activation
-    assert model_lib.text_config(config).remat_activation is None
+        kernels.choose("reference", {"remat_activation": "yes"})

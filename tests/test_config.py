@@ -153,7 +153,9 @@ def test_a_config_path_that_is_not_python_is_named(tmp_path):
     ("temperature", 0.0, "model.temperature must be a positive number"),
     ("chunk_seconds", -0.5, "model.chunk_seconds must be a positive number"),
     ("compute_dtype", "float16", "model.compute_dtype must be one of"),
-    ("dropout_mask_bits", 8, r"model.dropout_mask_bits must be one of \(16, 32\)"),
+    ("kernel_overrides.dropout_mask_bits", 8,
+     r"model.kernel_overrides: kernel dropout_mask_bits must be 16 or 32"),
+    ("kernels", "fastest", r"model.kernels must be one of \('reference', 'fast'\)"),
     ("text.max_length", 0, "model.text.max_length must be a positive integer"),
     ("text.overrides.hidden_size", -8, "model.text.overrides.hidden_size must be"),
     ("audio.network.widths", (4, 0, 8, 16), "model.audio: ResNetConfig.widths must be positive"),
@@ -275,6 +277,8 @@ PAPER = str(ROOT / "configs" / "paper.py")
 
 
 def test_paper_config_resnet_shrinks_field_by_field():
+    import dataclasses
+
     from atjax import model as model_lib
     from atjax.encoders import panns
 
@@ -290,15 +294,13 @@ def test_paper_config_resnet_shrinks_field_by_field():
                                                                        (1, 1, 1, 1), 4, 32)
     assert got.spec_augment is False and got.pooled_dropout == 0.1
     assert got.block_dropout == panns.ResNetConfig().block_dropout  # untouched: ResNet38's
-    # Every field the ResNet family has (but the frontend and the two settings that
-    # model.audio holds itself) can be overridden alone.
-    fields = {f.name for f in panns.dataclasses.fields(panns.ResNetConfig)}
-    assert set(config.model.audio.network) == fields - {"frontend", "batchnorm_one_pass",
-                                                         "stem_conv"}
+    # Every field the ResNet family has (but the frontend, which model.audio holds
+    # itself) can be overridden alone.
+    fields = {f.name for f in dataclasses.fields(panns.ResNetConfig)}
+    assert set(config.model.audio.network) == fields - {"frontend"}
     # Unchanged, it is the paper's ResNet38; the blocks follow another architecture.
     plain = config_lib.load(PAPER)
-    assert model_lib.audio_config(plain.model) == panns.resnet38(
-        stem_conv="taps", frontend=got.frontend)
+    assert model_lib.audio_config(plain.model) == panns.resnet38(frontend=got.frontend)
     resnet22 = config_lib.load(PAPER, ["--config.model.audio.arch=resnet22"])
     assert model_lib.audio_config(resnet22.model).blocks == (2, 2, 2, 2)
     resnet54 = config_lib.load(PAPER, ["--config.model.audio.arch=resnet54",
@@ -310,14 +312,15 @@ def test_paper_config_resnet_shrinks_field_by_field():
 def test_synthetic_config_network_is_unchanged():
     from atjax import model as model_lib
 
-    for arg, widths, stem, embed in (("size=tiny", (4, 8, 8, 16), 4, 32),
-                                     ("", (16, 32, 64, 128), 16, 256)):
+    for arg, widths, stem, embed, dropout in (("size=tiny", (4, 8, 8, 16), 4, 32, 0.1),
+                                              ("", (16, 32, 64, 128), 8, 128, 0.0)):
         spec = str(ROOT / "configs" / "synthetic.py") + (f":{arg}" if arg else "")
         got = model_lib.audio_config(config_lib.load(spec).model)
         assert (got.blocks, got.widths, got.stem_width, got.embed_dim) == ((1, 1, 1, 1), widths,
                                                                           stem, embed)
         assert (got.spec_augment, got.feature_dropout, got.block_dropout, got.pooled_dropout,
-                got.embedding_dropout, got.block) == (False, 0.1, 0.0, 0.1, 0.1, "basic")
+                got.embedding_dropout, got.block) == (False, dropout, 0.0, dropout, dropout,
+                                                      "basic")
 
 
 def test_the_paper_baseline_is_one_experiment():

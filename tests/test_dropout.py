@@ -1,4 +1,5 @@
-"""atjax.dropout: 32-bit masks are nnx.Dropout's; 16-bit masks have the stated statistics."""
+"""atjax.kernels.dropout: 32-bit masks are nnx.Dropout's; 16-bit masks have the stated
+statistics."""
 
 import pathlib
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atjax import dropout as dropout_lib
+from atjax.kernels import dropout as dropout_lib
 from atjax import model as model_lib
 
 
@@ -65,7 +66,7 @@ def test_the_model_setting_reaches_every_dropout_site():
     config = config_lib.load(f"{root}/configs/synthetic.py:size=tiny").model
     config.unlock()
     config.text.pretrained = False
-    config.dropout_mask_bits = 16
+    config.kernel_overrides.dropout_mask_bits = 16
     model = nnx.eval_shape(lambda: model_lib.DualEncoder(config, rngs=nnx.Rngs(0)))
     sites = [(p[-1], m) for p, m in model.iter_modules() if isinstance(m, nnx.Dropout)]
     assert len(sites) > 10 and all(isinstance(m, dropout_lib.Dropout) for _, m in sites)
@@ -75,9 +76,14 @@ def test_the_model_setting_reaches_every_dropout_site():
     assert sum(n == "attention_dropout" for n, _ in sites) == layers > 0
     assert bits.pop("attention_dropout") == [32]
     assert bits and all(b == [16] for b in bits.values()), bits
-    config.dropout_mask_bits = 12
-    with pytest.raises(ValueError, match="mask_bits"):
+    config.kernel_overrides.dropout_mask_bits = 12
+    with pytest.raises(ValueError, match="dropout_mask_bits must be 16 or 32"):
         model_lib.DualEncoder(config, rngs=nnx.Rngs(0))
+    config.kernel_overrides.dropout_mask_bits = None
+    config.kernels = "fast"  # 16-bit masks
+    model = nnx.eval_shape(lambda: model_lib.DualEncoder(config, rngs=nnx.Rngs(0)))
+    assert {m.mask_bits for p, m in model.iter_modules()
+            if isinstance(m, dropout_lib.Dropout) and p[-1] != "attention_dropout"} == {16}
 
 
 def _threefry2x32(k1, k2, x1, x2):
@@ -132,7 +138,7 @@ def test_16_bit_mask_is_the_same_under_any_sharding():
     code = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from atjax import dropout
+from atjax.kernels import dropout
 key = jax.random.key(3)
 x = jnp.ones((16, 10, 32), jnp.float32)
 def apply(x, key):
@@ -156,7 +162,7 @@ print("OK", float((single == 0).mean()))
 @pytest.mark.parametrize("mask_bits", [32, 16])
 @pytest.mark.parametrize("rate", [0.1, 0.37])
 def test_keep_mask_is_the_mask_the_call_applies(mask_bits, rate):
-    # atjax.attention applies the mask inside its kernel: it must be the one the module's
+    # atjax.kernels.attention applies the mask inside its kernel: it must be the one the module's
     # own call would apply, drawn from the same key, with the stream advanced alike.
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 8, 8)), jnp.float32)
     called = dropout_lib.Dropout(rate, mask_bits=mask_bits, rngs=nnx.Rngs(dropout=7))

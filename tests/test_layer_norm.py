@@ -1,4 +1,4 @@
-"""atjax.layer_norm against autodiff of nnx.LayerNorm: values and all three gradients."""
+"""atjax.kernels.layer_norm against autodiff of nnx.LayerNorm: values and all three gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atjax.layer_norm import layer_norm
+from atjax.kernels.layer_norm import layer_norm
 
 
 def _reference(x, scale, bias, eps, dtype):
@@ -84,7 +84,7 @@ def test_gradients_against_finite_differences():
 def test_both_forms_of_the_parameter_gradients_agree():
     # The CPU lowering picks the plain sums; GPUs and TPUs the separated two-output
     # reduction. Both run here, against a float64 numpy computation.
-    from atjax import layer_norm as layer_norm_lib
+    from atjax.kernels import layer_norm as layer_norm_lib
 
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(4, 6, 40)) + 5.0, jnp.bfloat16)

@@ -1,5 +1,6 @@
-"""The GPU image has no TensorFlow: the model, loss, train step, trainer, export, benchmark
-and the paper's configs must import (and load) without it."""
+"""The GPU image has no TensorFlow: the model, loss, train step, trainer, export, benchmark,
+the evaluation (language probes and the ACBA recipe and synthetic corpus they use) and the
+paper's configs must import (and load) without it."""
 
 import pathlib
 import subprocess
@@ -11,6 +12,8 @@ SCRIPT = """
 import sys
 import atjax.model, atjax.loss, atjax.train_step, atjax.trainer, atjax.export
 import atjax.inference, atjax.evaluate, atjax.probes.order, atjax.metrics
+import atjax.evaluate.language_probes, atjax.probes.text, atjax.text_edits
+import data_pipeline.acba, data_pipeline.synthetic_events.corpus
 import atjax.bench.train_step, atjax.bench.flops, atjax.bench.profile
 from atjax import config
 root = sys.argv[1]  # the repository, wherever the tests run from

@@ -1,4 +1,4 @@
-"""atjax.ohwi_conv: the convolution whose kernel gradient is taken in the kernel's OHWI
+"""atjax.kernels.ohwi_conv: the convolution whose kernel gradient is taken in the kernel's OHWI
 layout on CUDA GPUs, against autodiff of lax.conv and float64 numpy, and its place in the
 PANNs ResNet (conv_block_after1)."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atjax import frontend
+from atjax import frontend, kernels
 from atjax.encoders import panns
-from atjax.ohwi_conv import autodiff_kernel_grad, ohwi_conv, swapped_kernel_grad
+from atjax.kernels.ohwi_conv import autodiff_kernel_grad, ohwi_conv, swapped_kernel_grad
 
 
 def _kernel_grad64(x: np.ndarray, g: np.ndarray, size: int) -> np.ndarray:
@@ -115,20 +115,23 @@ def test_refuses_what_it_does_not_compute():
         ohwi_conv(x, jnp.zeros((2, 3, 3, 3)), 0)
 
 
-def _tiny_resnet() -> panns.ResNet:
+def _tiny_resnet(ohwi: bool) -> panns.ResNet:
     config = panns.ResNetConfig(
         blocks=(1, 1), widths=(8, 16), stem_width=8, embed_dim=32, num_classes=5,
         frontend=frontend.FrontendConfig(sample_rate=16000, n_fft=512, hop_length=160,
                                          n_mels=32, fmax=8000.0))
-    return panns.ResNet(config, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    chosen = kernels.choose("reference", {"ohwi_conv": ohwi})
+    return panns.ResNet(config, dtype=jnp.float32, kernels=chosen, rngs=nnx.Rngs(0))
 
 
 def test_resnet_uses_it_for_conv_block_after1_only_and_trains_the_same():
-    model = _tiny_resnet()
+    model = _tiny_resnet(True)
     flags = {path: m.ohwi_kernel_grad for path, m in nnx.iter_graph(model)
              if isinstance(m, panns.Conv)}
     chosen = sorted(".".join(map(str, p)) for p, on in flags.items() if on)
     assert chosen == ["conv_block_after1.conv1", "conv_block_after1.conv2"], chosen
+    assert not any(m.ohwi_kernel_grad for _, m in nnx.iter_graph(_tiny_resnet(False))
+                   if isinstance(m, panns.Conv))
     wave = jnp.asarray(np.random.default_rng(3).normal(size=(3, 16000)) * 0.1, jnp.float32)
 
     def grads(m):
@@ -142,9 +145,7 @@ def test_resnet_uses_it_for_conv_block_after1_only_and_trains_the_same():
         return jax.jit(jax.grad(loss))(params)
 
     with_it = grads(model)
-    model.conv_block_after1.conv1.ohwi_kernel_grad = False
-    model.conv_block_after1.conv2.ohwi_kernel_grad = False
-    without = grads(model)
+    without = grads(_tiny_resnet(False))
     kernel = with_it["conv_block_after1"]["conv2"]["kernel"].get_value()
     assert float(jnp.abs(kernel).max()) > 0
     for a, b in zip(jax.tree.leaves(with_it), jax.tree.leaves(without)):

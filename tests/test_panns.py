@@ -14,12 +14,15 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from atjax import checkpoint as ckpt_lib
 from atjax import frontend
+from atjax import kernels
 from atjax.encoders import panns
+from atjax.encoders import resnet
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchlibrosa")
-import panns_reference as reference  # tests/ is on sys.path under pytest
+import panns_reference as reference  # noqa: E402  (after the importorskips; tests/ is on sys.path)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -63,7 +66,7 @@ def _clips(batch, samples, seed=0):
 def _loaded(config, torch_model, dtype=jnp.float32):
     # Built abstractly and filled: eager random initialisation of a fresh ResNet costs tens
     # of seconds on a loaded CPU, and the weights are overwritten anyway.
-    model = panns._unfilled_model(config, dtype)
+    model = panns.unfilled_model(config, dtype)
     panns.load_state_dict(model, reference.state_dict_numpy(torch_model))
     return model
 
@@ -126,7 +129,7 @@ def test_convert_cli(tmp_path, capsys):
         # Named as another architecture: the mismatches are listed.
         ([path, tmp_path / "wrong", "--arch", "resnet38"], "resnet.layer1.0.conv3.weight"),
         ([path, tmp_path / "wrong", "--arch", "resnet38"],
-         "fc1.weight (48, 48) (model wants (2048, 2048))"),
+         "fc1.weight saved (48, 48), model (2048, 2048)"),
         ([tmp_path / "absent.pth", tmp_path / "wrong"], "absent.pth"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
@@ -234,7 +237,7 @@ def test_conv_is_nnx_conv_with_an_ohwi_kernel(size, cin, cout, dtype):
     # The kernel is stored [out, kh, kw, in] (cuDNN's layout for NHWC); initial values,
     # outputs and gradients are nnx.Conv's, the kernel's gradient in the same layout.
     want = nnx.Conv(cin, cout, (size, size), padding=size // 2, use_bias=False, dtype=dtype,
-                    param_dtype=jnp.float32, kernel_init=panns._xavier, rngs=nnx.Rngs(3))
+                    param_dtype=jnp.float32, kernel_init=resnet._xavier, rngs=nnx.Rngs(3))
     got = panns.Conv(cin, cout, size, dtype=dtype, rngs=nnx.Rngs(3))
     hwio = np.asarray(want.kernel.get_value())
     assert got.kernel.get_value().shape == (cout, size, size, cin)
@@ -337,14 +340,19 @@ def test_one_pass_batchnorm_statistics():
     np.testing.assert_allclose(p1["scale"].get_value(), p2["scale"].get_value(), rtol=1e-3, atol=1e-2)
 
 
-def test_batchnorm_passes_follow_the_compute_dtype():
+def test_batchnorm_passes_follow_the_kernel_choice_and_compute_dtype():
+    fast, reference = kernels.choose("fast"), kernels.choose("reference")
     for dtype, want in ((jnp.float32, False), (jnp.bfloat16, True)):
-        model = panns.ResNet(SMALL, dtype=dtype, rngs=nnx.Rngs(0))
+        model = panns.ResNet(SMALL, dtype=dtype, kernels=fast, rngs=nnx.Rngs(0))
         assert model.conv_block1.bn1.one_pass is want
+        assert model.stages[1][0].shortcut.bn.one_pass is want
         assert model.bn0.one_pass is False  # float32 log-mel input
-    forced = panns.ResNet(panns.ResNetConfig(**{**SMALL.to_dict(), "batchnorm_one_pass": False}),
-                          dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    assert forced.conv_block1.bn1.one_pass is False
+        plain = panns.ResNet(SMALL, dtype=dtype, kernels=reference, rngs=nnx.Rngs(0))
+        assert not any(m.one_pass for _, m in plain.iter_modules()
+                       if isinstance(m, panns.BatchNorm))
+    forced = panns.ResNet(SMALL, dtype=jnp.float32, rngs=nnx.Rngs(0),
+                          kernels=kernels.choose("reference", {"batchnorm_one_pass": True}))
+    assert forced.conv_block_after1.bn2.one_pass is True and forced.bn0.one_pass is False
 
 
 def test_training_batchnorm_matches_pytorch():
@@ -464,7 +472,7 @@ def small_state():
 
 
 def _fresh():
-    return panns._unfilled_model(SMALL, jnp.float32)
+    return panns.unfilled_model(SMALL, jnp.float32)
 
 
 def test_bad_state_dicts_name_every_offender(small_state):
@@ -474,19 +482,19 @@ def test_bad_state_dicts_name_every_offender(small_state):
     state["head.weight"] = np.zeros(3, np.float32)
     state["conv_block1.conv1.weight"] = np.zeros((8, 1, 5, 5), np.float32)
     state["bn0.weight"] = np.zeros(63, np.float32)
-    with pytest.raises(panns.CheckpointMismatchError) as error:
+    with pytest.raises(ckpt_lib.CheckpointMismatchError) as error:
         panns.load_state_dict(_fresh(), state)
     message = str(error.value)
     for key in ["fc1.bias", "resnet.layer2.0.downsample.2.running_var",
                 "resnet.layer5.0.conv1.weight", "head.weight"]:
         assert key in message
-    assert "conv_block1.conv1.weight (8, 1, 5, 5) (model wants (8, 1, 3, 3))" in message
-    assert "bn0.weight (63,) (model wants (64,))" in message
+    assert "conv_block1.conv1.weight saved (8, 1, 5, 5), model (8, 1, 3, 3)" in message
+    assert "bn0.weight saved (63,), model (64,)" in message
     assert "missing (2)" in message and "unexpected (2)" in message and "wrong shape (2)" in message
 
 
 def test_prefixed_state_dict_gets_a_hint(small_state):
-    with pytest.raises(panns.CheckpointMismatchError, match="DataParallel"):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="DataParallel"):
         panns.load_state_dict(_fresh(), {f"module.{k}": v for k, v in small_state.items()})
 
 
@@ -494,7 +502,7 @@ def test_other_frontend_is_rejected(small_state):
     state = dict(small_state)
     other = frontend.FrontendConfig(fmax=8000.0)
     state["logmel_extractor.melW"] = frontend.mel_filterbank(other)
-    with pytest.raises(panns.CheckpointMismatchError, match="logmel_extractor.melW"):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="logmel_extractor.melW"):
         panns.load_state_dict(_fresh(), state)
 
 
@@ -537,28 +545,21 @@ def test_orbax_round_trip(tmp_path, small_state):
         np.testing.assert_array_equal(got["embedding"], want["embedding"])
     with pytest.raises(FileExistsError, match="not empty"):
         panns.save(model, tmp_path / "ckpt")
-    # A directory saved before the kernels became OHWI holds them HWIO; it still loads.
-    old = tmp_path / "hwio"
-    old.mkdir()
-    (old / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
-    arrays = {key: np.asarray(v.get_value()) for key, v in panns._flat_state(model).items()}
-    arrays = {key: x.transpose(1, 2, 3, 0) if key.endswith("kernel") and x.ndim == 4 else x
-              for key, x in arrays.items()}
-    assert arrays["conv_block1.conv1.kernel"].shape == (3, 3, 1, SMALL.stem_width)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save((old / "state").absolute(), arrays)
-    checkpointer.wait_until_finished()
-    got = _numpy(_forward(panns.load(old), waveform))
-    np.testing.assert_array_equal(got["embedding"], want["embedding"])
-    # With one more misfit, the error names it alone, not the kernels HWIO explains.
+    # A directory whose tensors do not fit its config is refused, naming them.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
+    arrays = {key: np.asarray(v.get_value())
+              for key, v in panns._flat_state(model).items()}
     arrays["fc1.bias"] = np.zeros(3, np.float32)
-    checkpointer.save((tmp_path / "hwio-bad" / "state").absolute(), arrays)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((bad / "state").absolute(), arrays)
     checkpointer.wait_until_finished()
-    (tmp_path / "hwio-bad" / "config.json").write_text((old / "config.json").read_text())
-    with pytest.raises(panns.CheckpointMismatchError, match=r"wrong shape \(1\): fc1.bias"):
-        panns.load(tmp_path / "hwio-bad")
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=r"wrong shape \(1\): fc1.bias saved \(3,\), model \(48,\)$"):
+        panns.load(bad)
     wider = panns.ResNetConfig(**{**SMALL.to_dict(), "embed_dim": 64})
-    with pytest.raises(panns.CheckpointMismatchError, match="embed_dim 64 vs"):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="embed_dim 64 vs"):
         panns.from_checkpoint(tmp_path / "ckpt", wider)
 
 
@@ -570,11 +571,10 @@ def test_orbax_checkpoint_refuses_another_frontend(tmp_path, small_state):
     panns.save(model, tmp_path / "ckpt")
     for change in ({"sample_rate": 16000, "fmax": 8000.0}, {"fmax": 8000.0}, {"hop_length": 160}):
         other = dataclasses.replace(SMALL, frontend=dataclasses.replace(SMALL.frontend, **change))
-        with pytest.raises(panns.CheckpointMismatchError, match="frontend FrontendConfig"):
+        with pytest.raises(ckpt_lib.CheckpointMismatchError, match="frontend FrontendConfig"):
             panns.load(tmp_path / "ckpt", other)
     # Training choices may differ from the saved run's.
-    fine_tune = dataclasses.replace(SMALL, spec_augment=False, block_dropout=0.3,
-                                    batchnorm_one_pass=True)
+    fine_tune = dataclasses.replace(SMALL, spec_augment=False, block_dropout=0.3)
     assert panns.from_checkpoint(tmp_path / "ckpt", fine_tune).config == fine_tune
 
 
@@ -583,7 +583,6 @@ def test_orbax_checkpoint_refuses_another_frontend(tmp_path, small_state):
     ({"block": "wide"}, "block must be one of"),
     ({"widths": (8, 16, 0, 64)}, "widths must be positive"),
     ({"block_dropout": 1.0}, "block_dropout"),
-    ({"batchnorm_one_pass": "maybe"}, "batchnorm_one_pass must be"),
     ({"blocks": (1,) * 6, "widths": (8,) * 6}, "n_mels >= 128"),
 ])
 def test_config_validation(fields, match):
@@ -596,5 +595,9 @@ def test_config_dict_round_trip():
                                                              fmax=8000.0))
     as_json = json.loads(json.dumps(config.to_dict()))
     assert panns.ResNetConfig.from_dict(as_json) == config
+    # Directories saved while the stem and BatchNorm choices were config fields still load:
+    # atjax.kernels makes those choices now.
+    assert panns.ResNetConfig.from_dict(
+        {**as_json, "stem_conv": "taps", "batchnorm_one_pass": None}) == config
     with pytest.raises(ValueError, match="unknown ResNetConfig fields: \\['depth'\\]"):
         panns.ResNetConfig.from_dict({**as_json, "depth": 54})

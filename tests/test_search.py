@@ -1,4 +1,4 @@
-"""python -m atjax.search / atjax.search: ranking, timing of hits, exactness, scale paths."""
+"""python -m atjax.search / atjax.search.query: ranking, timing of hits, exactness, scale paths."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from atjax import audio_index as store
-from atjax import index as index_lib
-from atjax import search as search_lib
 from atjax.bench import search as bench
+from atjax.search import approximate as approximate_lib
+from atjax.search import codes as codes_lib
+from atjax.search import exact as exact_lib
+from atjax.search import indexer as index_lib
+from atjax.search import query as search_lib
+from atjax.search import store
 from conftest_search import search_kit, write_collection  # noqa: F401
 
 
@@ -136,9 +139,9 @@ def _brute_force(path, q, k):
 def test_exact_search_equals_brute_force(tmp_path, monkeypatch, scan):
     if scan == "numba":
         pytest.importorskip("numba")
-        monkeypatch.setattr(search_lib, "_NUMBA_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(codes_lib, "_NUMBA_MIN_ELEMENTS", 0)
     else:
-        monkeypatch.setattr(search_lib, "_numba_kernel", lambda: None)
+        monkeypatch.setattr(codes_lib, "_numba_kernel", lambda: None)
     queries = _random_index(tmp_path / "idx")
     with store.AudioIndex.open(tmp_path / "idx") as index:
         rows, _ = index.segments()
@@ -187,11 +190,11 @@ def test_approximate_search(tmp_path):
         snap = searcher._snap
         recall, full = [], []
         for q in queries:
-            exact = search_lib.exact_top_files(snap, q, 10)
+            exact = exact_lib.exact_top_files(snap, q, 10)
             approx = searcher.search_embedding(q, 10)
             recall.append(len({f for f, _, _ in exact} & {h.file_id for h in approx}) / 10)
             # Visiting every cell scores every row: the exact answer.
-            everything = search_lib.approximate_top_files(snap, ann, q, 10, ann.ann.nlist)
+            everything = approximate_lib.approximate_top_files(snap, ann, q, 10, ann.ann.nlist)
             full.append([f for f, _, _ in everything] == [f for f, _, _ in exact])
         assert np.mean(recall) >= 0.9 and all(full)
 
@@ -201,7 +204,7 @@ def test_approximate_search(tmp_path):
         extra = bench.Generator(32, 16, seed=9).files(3, 4)
         changes.add("late.wav", store.FileStat(1, 1), "x", 25.0, extra[:4], [0, 5, 10, 15])
         index.commit(changes)
-        ann = search_lib.ApproximateIndex.update(index)
+        ann = approximate_lib.ApproximateIndex.update(index)
         assert ann.ann.ntotal == 4004
     with search_lib.Searcher(tmp_path / "idx", approximate=True) as searcher:
         hit = searcher.search_embedding(extra[2], 1)[0]
@@ -339,3 +342,20 @@ def test_search_cli_reports_errors_without_a_traceback(collection, search_kit, m
     monkeypatch.setitem(sys.modules, "faiss", None)
     assert search_lib.main([str(idx), "dog", "--model", "b", "--approximate"]) == 1
     assert "error: approximate search needs faiss" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["atjax.index", "atjax.search", "atjax.serve"])
+def test_the_commands_run_as_modules(command):
+    """python -m runs each command's main (atjax/index.py, atjax/search/__main__.py,
+    atjax/serve.py): its help names it, and a call without arguments is a usage error."""
+    import subprocess
+    import sys
+
+    ran = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith(f"usage: python -m {command} ")
+    assert "--verbose" in ran.stdout
+    ran = subprocess.run([sys.executable, "-m", command], capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 2 and "the following arguments are required" in ran.stderr

@@ -195,8 +195,8 @@ def test_concurrent_queries(server):
 
 def test_serve_cli(tmp_path, search_kit, monkeypatch, capsys):
     import atjax
-    from atjax import index as index_lib
-    from atjax import serve
+    from atjax.search import indexer as index_lib
+    from atjax.search import server as serve
     from conftest_search import write_collection
 
     write_collection(tmp_path / "audio", search_kit)
@@ -250,9 +250,9 @@ def test_info_follows_index_updates(tmp_path, search_kit):
 
     import soundfile
 
-    from atjax import index as index_lib
-    from atjax import search as search_lib
-    from atjax import serve
+    from atjax.search import indexer as index_lib
+    from atjax.search import query as search_lib
+    from atjax.search import server as serve
     from conftest_search import write_collection
 
     write_collection(tmp_path / "audio", search_kit)
@@ -283,8 +283,8 @@ def test_info_follows_index_updates(tmp_path, search_kit):
 
 def test_serve_cli_reports_a_port_in_use(tmp_path, search_kit, monkeypatch, capsys):
     import atjax
-    from atjax import index as index_lib
-    from atjax import serve
+    from atjax.search import indexer as index_lib
+    from atjax.search import server as serve
     from conftest_search import write_collection
 
     write_collection(tmp_path / "audio", search_kit)
@@ -328,9 +328,9 @@ def test_range_numbers_of_any_length_get_an_answer(server):
 def _serving(root, kit, **kw):
     """(server, searcher) over an index of the standard collection under `root`, built
     after `prepare(audio folder)` (a keyword) has run; stopped on exit."""
-    from atjax import index as index_lib
-    from atjax import search as search_lib
-    from atjax import serve
+    from atjax.search import indexer as index_lib
+    from atjax.search import query as search_lib
+    from atjax.search import server as serve
     from conftest_search import write_collection
 
     prepare = kw.pop("prepare", None)
@@ -361,6 +361,8 @@ def _same_stat(path, like):
 
 
 def test_symlinks_are_served_only_inside_the_indexed_folder(tmp_path, search_kit):
+    from atjax.search import server as serve
+
     outside = tmp_path / "outside"
     outside.mkdir()
 
@@ -398,8 +400,8 @@ def test_symlinks_are_served_only_inside_the_indexed_folder(tmp_path, search_kit
         os.symlink(copy, audio / "sub")
         status, _, _ = _request(httpd, "GET", f"/audio/{ids['sub/rain.wav']}")
         assert status == 403
-        assert searcher.audio_path(ids["sub/rain.wav"]) is None
-        assert searcher.audio_path(ids["dog.wav"]) == (audio / "dog.wav").resolve()
+        assert serve.audio_path(searcher, ids["sub/rain.wav"]) is None
+        assert serve.audio_path(searcher, ids["dog.wav"]) == (audio / "dog.wav").resolve()
 
 
 def test_a_file_replaced_after_indexing_is_not_served(tmp_path, search_kit):
@@ -442,7 +444,7 @@ def _read_until_closed(sock) -> bytes:
 
 
 def test_idle_connections_time_out_and_threads_are_bounded(tmp_path, search_kit):
-    from atjax import serve
+    from atjax.search import server as serve
 
     with pytest.raises(ValueError, match="timeout must be a positive"):
         serve.make_server(None, port=0, timeout=0)

@@ -344,7 +344,9 @@ def test_twin_is_the_same_events_swapped(train_examples, heldout_examples):
     by_id = {e.id: e for e in heldout_examples}
     for ex, twin_audio, _ in _pairs_with_twins(train_examples, heldout_examples):
         (a, a_on, a_off), (b, b_on, b_off) = ex.events
-        s = lambda t: int(round(t * SR))
+        def s(t):
+            return int(round(t * SR))
+
         start, end = s(a_on), s(b_off)
         n_a, n_b, overlap = s(a_off) - s(a_on), s(b_off) - s(b_on), s(a_off) - s(b_on)
         if ex.twin is not None:

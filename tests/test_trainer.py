@@ -3,11 +3,9 @@ the workdir's lock, failed saves, checkpoint retention, logs without repeated st
 
 import errno
 import json
-import logging
 import os
 import pathlib
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -17,7 +15,6 @@ import time
 
 import jax
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -62,12 +59,12 @@ def _assert_params_close(a: dict, b: dict, atol=2e-5):
 
 def _losses(workdir) -> list[float]:
     lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(l)["loss"] for l in lines if "loss" in json.loads(l)]
+    return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
 
 
 def _logged_steps(workdir) -> list[int]:
     lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(l)["step"] for l in lines if "loss" in json.loads(l)]
+    return [json.loads(line)["step"] for line in lines if "loss" in json.loads(line)]
 
 
 def _tensorboard_steps(workdir, tag="loss") -> list[int]:
@@ -108,7 +105,8 @@ def reference_run(tmp_path_factory):
     frozen = int(r.stdout.split("gc_frozen_while_training=")[1].split()[0])
     assert frozen > 10_000, r.stdout[-500:]  # the libraries and the model, at least
     assert "gc_frozen=0" in r.stdout, r.stdout[-500:]
-    logged = [json.loads(l) for l in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line)
+              for line in (workdir / "run" / "metrics.jsonl").read_text().splitlines()]
     logged = [rec for rec in logged if "loss" in rec]
     assert len(logged) == 3
     # Without a progress bar each logged step is a line of the log, with its rate.
@@ -263,7 +261,7 @@ def test_weight_copies_resume_to_the_run_without_them(tmp_path):
     # change no number, and the resumed run derives them again from the checkpoint's
     # float32 masters (checkpoints do not hold them).
     bf16 = ["--override", "model.compute_dtype=bfloat16"]
-    copies = [*bf16, "--override", "compute_weight_copies=True"]
+    copies = [*bf16, "--override", "model.kernel_overrides.weight_copies=True"]
     r = _run(tmp_path / "plain", 3, "--save_params", tmp_path / "plain.npz", *bf16)
     assert r.returncode == 0, r.stderr[-3000:]
     r = _run(tmp_path / "copies", 2, *copies)
@@ -361,50 +359,6 @@ def test_a_restart_without_a_checkpoint_logs_each_step_once(failed_save_then_res
 def test_keep_checkpoints_keeps_the_newest(failed_save_then_restart):
     # Saved at steps 1, 2, 3 and 4 with keep_checkpoints=2.
     assert _checkpoint_steps(failed_save_then_restart["workdir"]) == [3, 4]
-
-
-def test_a_checkpoint_of_the_older_value_layout_resumes_with_a_warning(
-        failed_save_then_restart, tmp_path, caplog):
-    # The older layout (nnx.State's): every leaf of a dict one level deeper, under "value".
-    # Written here by hand from the restarted run's step-4 state, then resumed.
-    run = failed_save_then_restart
-    trained = run["restarted"]
-    state = jax.device_get(step_lib.without_copies(trained.state))
-
-    def nested(x):
-        if isinstance(x, dict):  # arrays and optax's MaskedNode move down; containers not
-            return {k: nested(v) if isinstance(v, (dict, tuple))
-                    and not isinstance(v, optax.MaskedNode) else {"value": v}
-                    for k, v in x.items()}
-        if isinstance(x, tuple):
-            items = [nested(v) for v in x]
-            return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
-        return x
-
-    older = state.replace(params=nested(state.params), batch_stats=nested(state.batch_stats),
-                          opt_state=nested(state.opt_state))
-    assert all(jax.tree_util.keystr(path).endswith("['value']")
-               for path, _ in jax.tree_util.tree_leaves_with_path(older.params))
-    workdir = tmp_path / "older"
-    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(),
-                                    options=ocp.CheckpointManagerOptions(create=True),
-                                    item_names=("state", "input"))
-    manager.save(4, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(older),
-        input=ocp.args.JsonSave(trained._checkpoint_extras())))
-    manager.wait_until_finished()
-    manager.close()
-    shutil.copy(run["workdir"] / "config.json", workdir / "config.json")
-    resumed = _in_process(workdir, 4)
-    with caplog.at_level(logging.WARNING):
-        assert resumed.train().step == 4
-    assert any("older layout (nnx.State leaves under 'value')" in r.getMessage()
-               for r in caplog.records), [r.getMessage() for r in caplog.records]
-    got = jax.tree_util.tree_leaves_with_path(jax.device_get(resumed.state.params))
-    want = dict(jax.tree_util.tree_leaves_with_path(state.params))
-    assert len(got) == len(want) > 10
-    for path, value in got:
-        np.testing.assert_array_equal(value, want[path], err_msg=jax.tree_util.keystr(path))
 
 
 def test_keep_checkpoints_below_one_is_refused(tmp_path, capsys):

@@ -6,17 +6,16 @@ a described H100 or H200 ahead of time, on any machine, and this reports what th
 compiled module would do, per setting, as one JSON line:
 
   - memory: XLA's buffer assignment (arguments, outputs, temporaries, peak), in GiB;
-  - the kernels it launches by category (as atjax.bench.profile names them), with the
+  - the kernels it launches by category (as atjax.bench.hlo names them), with the
     memory traffic their inputs and outputs imply (GB per step, `bytes_accessed`), and the
     same traffic by model part and direction;
   - the copies and the transposing kernels among them, counted with their traffic: work
     that moves data without computing, where a layout can often remove it.
 
 It times nothing and autotunes nothing (there is no GPU to try cuDNN's or cuBLAS's
-algorithms on), so a kernel's layout and fusion are XLA's, its algorithm a default; the
-peak memory was 0.7 GiB under the allocator's peak on an H200 (13.08 against 13.77 GiB
-for the defaults at b42f9cd's model). Its use: to see, without a GPU, what a change does
-to the compiled step before it is timed on a GPU.
+algorithms on), so a kernel's layout and fusion are XLA's, its algorithm a default, and
+its peak memory somewhat under what the allocator reaches on the card. Its use: to see,
+without a GPU, what a change does to the compiled step before it is timed on a GPU.
 
 A GPU target needs JAX's CUDA plugin at jaxlib's version, not its CUDA libraries (`pip
 install --no-deps jax-cuda12-plugin==V jax-cuda12-pjrt==V`, V = jaxlib.__version__);
@@ -102,7 +101,7 @@ def target_devices(target: str, count: int = 1) -> list:
 
 def target_context(devices):
     """A context to lower and compile in for `devices`: for compile-only GPUs, an abstract
-    mesh of them. Pallas's Triton lowering (`atjax.attention`) reads the GPU it compiles
+    mesh of them. Pallas's Triton lowering (`atjax.kernels.attention`) reads the GPU it compiles
     for from the default device, a CPU here, unless an abstract mesh names another (jax
     0.11; jax 0.10 needs nothing), and XLA's partitioner lowers Pallas calls again while
     compiling."""
@@ -170,20 +169,20 @@ def module_summary(text: str) -> dict:
     """What a compiled module's entry computation launches: kernels by category, the
     traffic they imply (GB) by category and by model part, and the copies and
     transposing kernels among them."""
-    from atjax.bench import profile as profile_lib
+    from atjax.bench import hlo as hlo_lib
 
-    hlo = profile_lib.parse_hlo(text)
+    hlo = hlo_lib.parse_hlo(text)
     ops = [i for i in hlo.computations[_entry(text)] if i.opcode not in _STRUCTURAL]
     kernels, traffic = collections.Counter(), collections.Counter()
     by_part = collections.defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
     kernels_by_part = collections.defaultdict(lambda: {"forward": 0, "backward": 0})
     copies, transposes = [0, 0], [0, 0]
     for inst in ops:
-        moved = profile_lib.bytes_accessed(hlo, inst)
-        cat = profile_lib.category(hlo, inst)
+        moved = hlo_lib.bytes_accessed(hlo, inst)
+        cat = hlo_lib.category(hlo, inst)
         kernels[cat] += 1
         traffic[cat] += moved
-        part, direction = profile_lib.scope_of(profile_lib.op_name_of(hlo, inst))
+        part, direction = hlo_lib.scope_of(hlo_lib.op_name_of(hlo, inst))
         by_part[part][direction] += moved / 1e9
         kernels_by_part[part][direction] += 1
         if inst.opcode == "copy":

@@ -1,7 +1,7 @@
 """`python -m atjax.bench attention [--batch_size 64 --tokens 32 --heads 16 --head_dim 64
 --dtype bfloat16 --rate 0.1] [--interpret] [--out FILE]`
 
-The text encoder's attention core (`atjax.attention`) on the attached device, both forms:
+The text encoder's attention core (`atjax.kernels.attention`) on the attached device, both forms:
 the reference einsums ("xla") and the Pallas kernel ("pallas"), forward and backward as
 in training (the context and the gradient of the projection's output), at RoBERTa-Large's
 sizes by default. It checks the kernel against the reference, then times each, and prints
@@ -53,7 +53,7 @@ def step_fn(impl: str, heads: int, keep_prob: float, interpret: bool):
     """jit of (qkv, key_bias, keep, g) -> (context, d qkv), the training step's use."""
     import jax
 
-    from atjax import attention as attention_lib
+    from atjax.kernels import attention as attention_lib
 
     def f(qkv, key_bias, keep, g):
         out, vjp = jax.vjp(lambda x: attention_lib.attention(
@@ -88,7 +88,7 @@ def _time_us(fn, args, calls: int, repeats: int) -> float:
 def run(args) -> dict:
     import jax
 
-    from atjax import attention as attention_lib
+    from atjax.kernels import attention as attention_lib
 
     keep_prob = 1.0 - args.rate
     data = inputs(args.batch_size, args.tokens, args.heads, args.head_dim, args.dtype,

@@ -3,7 +3,7 @@
 
 What one dropout compiles to on a GPU that is not attached (`python -m atjax.bench aot`'s
 targets; needs JAX's CUDA plugin, see the README's Install). For each mask mode of
-`atjax.dropout.Dropout` (32 bits: nnx.Dropout; 16 bits: one threefry hash per four
+`atjax.kernels.dropout.Dropout` (32 bits: nnx.Dropout; 16 bits: one threefry hash per four
 sites), it compiles the layer applied to an array of `--shape` with XLA's dump on, and
 prints one JSON line: the kernels the module launches and their traffic, and, read from
 the PTX of the kernel that writes the result, its `xor.b32` instructions per thread, the
@@ -28,7 +28,7 @@ def run(target: str, shape: tuple[int, ...], dtype: str, rate: float, dump: path
     import jax.numpy as jnp
     from flax import nnx
 
-    from atjax import dropout as dropout_lib
+    from atjax.kernels import dropout as dropout_lib
     from atjax.bench import aot
 
     device = aot.target_devices(target, 1)[0]

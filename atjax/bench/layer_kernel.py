@@ -13,20 +13,19 @@ thread and the bytes the register allocator spilled, which PTX (virtual register
 not show.
 
 Why instructions: a few elementwise kernels of the step are bound by their instructions,
-not by memory. On an H200 (taps + weight copies, 56115ca profile) the taps stem's forward
-kernel wrote its 0.52 GB at 0.97 TB/s and RoBERTa-Large's GELU kernels ran at 1.3-1.5
-TB/s, where plain elementwise kernels move 3-4 TB/s. At ~60 instructions per element, 262
-million elements are 16 G thread-instructions, ~0.47 ms at the card's ~34 T per second.
-Fewer instructions per element is then what speeds such a kernel.
+not by memory: they move their bytes well below the card's bandwidth, and at ~60
+instructions per element a few hundred million elements take a noticeable part of a step.
+Fewer instructions per element is then what speeds such a kernel (docs/kernels.md keeps
+the measurements).
 
 Layers:
-  - taps: `atjax.tap_conv` (`model.audio.stem_conv=taps`), a one-channel image of
+  - taps: `atjax.kernels.tap_conv` (the `tap_conv` kernel), a one-channel image of
     --shape (batch, frames, mel bins; default 64,1001,64) to 64 channels; the backward
     gives the input's gradient (it feeds BatchNorm bn0) and the kernel's.
   - gelu: the text encoder's bias add and exact GELU after its 4,096-wide matmul, in
     bfloat16, on --shape (default 64,32,4096), rematerialised in the backward as
-    `model.text.remat_activation` does; both forms: `jax.nn.gelu` and `atjax.gelu`.
-  - attention: the text encoder's attention core (`atjax.attention`) on --shape (batch,
+    the `remat_activation` kernel does; both forms: `jax.nn.gelu` and `atjax.kernels.gelu`.
+  - attention: the text encoder's attention core (`atjax.kernels.attention`) on --shape (batch,
     tokens, heads, head dim; default 64,32,16,64), bfloat16, with the attention dropout's
     mask; both forms: the einsums ("xla") and the Pallas kernel ("pallas").
 """
@@ -51,7 +50,7 @@ def _layer_passes(layer: str, shape: tuple[int, ...], sharding):
         return jax.ShapeDtypeStruct(s, jnp.dtype(dtype), sharding=sharding)
 
     if layer == "taps":
-        from atjax import tap_conv
+        from atjax.kernels import tap_conv
 
         channels = 64
         x, kernel = spec((*shape, 1), jnp.float32), spec((3, 3, 1, channels), jnp.bfloat16)
@@ -67,7 +66,7 @@ def _layer_passes(layer: str, shape: tuple[int, ...], sharding):
                 ("tap_conv", "backward", backward, (x, kernel, g))]
 
     if layer == "attention":
-        from atjax import attention as attention_lib
+        from atjax.kernels import attention as attention_lib
 
         batch, tokens, heads, head_dim = shape
         qkv = spec((batch, tokens, 3 * heads, head_dim), jnp.bfloat16)
@@ -87,15 +86,15 @@ def _layer_passes(layer: str, shape: tuple[int, ...], sharding):
                        (impl, "backward", backward, (qkv, key_bias, keep, g))]
         return passes
 
-    from atjax import gelu as gelu_lib
-    from atjax.encoders import text
+    from atjax.kernels import gelu as gelu_lib
+    from atjax.encoders import bert
 
     y, bias = spec(shape, jnp.bfloat16), spec(shape[-1:], jnp.float32)
     passes = []
     for form, act in (("jax.nn.gelu", lambda v: jax.nn.gelu(v, approximate=False)),
-                      ("atjax.gelu", gelu_lib.gelu)):
+                      ("atjax.kernels.gelu", gelu_lib.gelu)):
         def forward(y, bias, act=act):
-            return jax.checkpoint(lambda y, b: act(text.add_bias(y, b)))(y, bias)
+            return jax.checkpoint(lambda y, b: act(bert.add_bias(y, b)))(y, bias)
 
         def backward(y, bias, g, forward=forward):
             return jax.vjp(forward, y, bias)[1](g)

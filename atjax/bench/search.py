@@ -1,7 +1,7 @@
 """`python -m atjax.bench search --windows 1000000 --dim 1024`: search latency at scale.
 
-Writes generated window embeddings into a real index (atjax.audio_index) and times
-atjax.search on it, one JSON line per measurement:
+Writes generated window embeddings into a real index (atjax.search.store) and times
+the search of atjax.search on it, one JSON line per measurement:
 
   exact       the search the app runs: int8 scan with error bounds + exact rescoring
   brute       every stored vector scored in float32 (chunked BLAS over the memory map):
@@ -29,8 +29,10 @@ import time
 
 import numpy as np
 
-from atjax import audio_index as store
-from atjax import search as search_lib
+from atjax.search import approximate
+from atjax.search import exact
+from atjax.search import query
+from atjax.search import store
 from atjax.bench import emit
 
 
@@ -99,11 +101,11 @@ def _percentiles(seconds: list[float]) -> dict:
 
 
 def brute_force(snap, q: np.ndarray, k: int) -> list[tuple[int, int, float]]:
-    """Scores every stored vector in float32 (one thread: einsum casts in small buffers;
-    threaded BLAS was seen to stall on cores shared with other work)."""
+    """Scores every stored vector in float32 (one thread: einsum casts in small buffers, as
+    the search's own fallback scan does; docs/search.md)."""
     vectors = snap.rows.vectors
     scores = np.einsum("ij,j->i", vectors, q, dtype=np.float32, casting="unsafe")
-    return search_lib.best_per_file(np.arange(len(vectors)), scores, snap.row_file, k)
+    return exact.best_per_file(np.arange(len(vectors)), scores, snap.row_file, k)
 
 
 def run(args, emit) -> None:
@@ -126,7 +128,7 @@ def run(args, emit) -> None:
                             windows_per_file=args.windows_per_file, seed=args.seed, log=log)
             disk = sum(p.stat().st_size for p in path.iterdir()  # not the IVF index
                        if not p.name.startswith("ann-"))
-            with search_lib.Searcher(path, approximate=False) as searcher:
+            with query.Searcher(path, approximate=False) as searcher:
                 searcher.search_embedding(queries[0], args.k)  # warm: page cache, numba
                 exact, times, cpu, candidates = [], [], [], []
                 for q in queries:
@@ -165,13 +167,13 @@ def run(args, emit) -> None:
                 # reads of its rescoring, so it is measured once.
                 if args.approximate and dtype == args.dtypes.split(",")[0]:
                     t = time.perf_counter()
-                    ann = search_lib.ApproximateIndex.update(searcher.index, snap.rows)
+                    ann = approximate.ApproximateIndex.update(searcher.index, snap.rows)
                     build = time.perf_counter() - t
                     times, recall = [], []
                     for q, truth in zip(queries, exact, strict=True):
                         t = time.perf_counter()
-                        top = search_lib.approximate_top_files(snap, ann, q, args.k,
-                                                               args.nprobe)
+                        top = approximate.approximate_top_files(snap, ann, q, args.k,
+                                                              args.nprobe)
                         times.append(time.perf_counter() - t)
                         recall.append(len({f for f, _, _ in top} & set(truth)) / len(truth))
                     emit({**common, "dtype": dtype, "method": "approximate",
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
     parser.add_argument("-k", "--k", type=int, default=10)
     parser.add_argument("--approximate", action="store_true",
                         help="also build and measure the IVF index")
-    parser.add_argument("--nprobe", type=int, default=search_lib.DEFAULT_NPROBE)
+    parser.add_argument("--nprobe", type=int, default=query.DEFAULT_NPROBE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the generated indexes here (reused if present)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary indexes")

@@ -12,29 +12,26 @@ for a step before dispatching the next (the trainer reads metrics one step late)
 `step_ms` is the steady state: each repeat times a window of `--steps` steps and one of
 twice as many, both started on an idle device, and their difference per step cancels
 what a window pays once (the host's latency before the first kernel), leaving what a long
-run sees. `step_ms_window` is the shorter window's own time per step, the measure used
-before 2026-11-26's last GPU session. (There, in windows of 10, it rose with the host's
-time per call, 21-27 ms, and the profiled steps spanned 44.6 ms each against 45.6-46.8 ms
-per step in the windows.) Beside those, `step_ms_sync` times steps that each wait for
-their result (the host's dispatch then adds to the step), and `dispatch_ms` is how long a
-call of the step takes to return on the host when nothing is queued: the host time per
-step that asynchronous dispatch must hide. `dispatch_ms_queued` is the same in the
-back-to-back windows, where a call also waits for room in the device's queue once the
-host is ahead: there it equals the step time when the device is the bottleneck.
+run sees. `step_ms_window` is the shorter window's own time per step, which also holds the
+host's latency before the first kernel. Beside those, `step_ms_sync` times steps that each
+wait for their result (the host's dispatch then adds to the step), and `dispatch_ms` is how
+long a call of the step takes to return on the host when nothing is queued: the host time
+per step that asynchronous dispatch must hide. `dispatch_ms_queued` is the same in the
+back-to-back windows, where a call also waits for room in the device's queue once the host
+is ahead: there it equals the step time when the device is the bottleneck.
 
-Python's garbage collector: a full collection walks every object of the process (147 ms
-with the paper's train state built and the trainer's modules imported, on the 2-core CPU
-machine; `python -m atjax.bench host_gc`) and comes about every 30 steps. In the first H200 session to run
-`step_ms` (56115ca), what a window paid once ranged from -85 to +213 ms between repeats of
-one setting, pauses of that size. The timed windows now run with the heap frozen
+Python's garbage collector: a full collection walks every object of the process and comes
+about every 30 steps (`python -m atjax.bench host_gc`); a pause of that size inside a
+window would shift what it pays once. The timed windows therefore run with the heap frozen
 (atjax.host_gc, as the trainer does), and `gc_collections`, `gc_full` (generation 2) and
-`gc_ms` count the collector's runs inside them.
+`gc_ms` count the collector's runs inside them. docs/performance.md keeps what these
+measures showed on GPUs.
 
 `--profile DIR` then also traces a few steps and writes where the device time went
 (atjax.bench.profile) to DIR.
 
 Config overrides (`--config.field=value`) apply to every setting, e.g.
-`--config.rng_impl=rbg` or `--config.model.audio.batchnorm_one_pass=False`.
+`--config.model.kernels=fast` or `--config.model.kernel_overrides.rng_impl=rbg`.
 """
 
 from __future__ import annotations
@@ -61,13 +58,19 @@ def _peak_for(device_kind: str) -> float | None:
     return None
 
 
-def _batch(rng, batch_size, num_samples, text_length, vocab_size):
+def _batch(rng, batch_size, num_samples, text_length, vocab_size, feature_dim=None):
+    """Random inputs of the step's shapes; with `feature_dim`, a frozen text encoder's
+    cached token features (model.text.feature_cache) in place of the token ids."""
     import numpy as np
 
     audio = rng.standard_normal((batch_size, num_samples), dtype=np.float32) * 0.1
     ids = rng.integers(5, vocab_size, (batch_size, text_length), dtype=np.int32)
     lengths = rng.integers(text_length // 2, text_length + 1, batch_size)
     mask = (np.arange(text_length)[None, :] < lengths[:, None]).astype(np.int32)
+    if feature_dim:
+        features = rng.standard_normal((batch_size, text_length, feature_dim), np.float32)
+        return {"audio": audio, "text_features": features * mask[..., None],
+                "attention_mask": mask}
     return {"audio": audio, "input_ids": ids * mask, "attention_mask": mask}
 
 
@@ -166,7 +169,8 @@ def prepare(config, head: str, dtype: str, batch_size: int, text_length: int) ->
     text_cfg = model_lib.text_config(m)
     rng = np.random.default_rng(0)
     batches = [sharding.global_batch(
-        _batch(rng, batch_size, num_samples, text_length, text_cfg.vocab_size), mesh)
+        _batch(rng, batch_size, num_samples, text_length, text_cfg.vocab_size,
+               text_cfg.hidden_size if m.text.get("feature_cache") else None), mesh)
         for _ in range(2)]
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0], rest, key).compile()
@@ -187,6 +191,7 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     import jax
 
     from atjax import host_gc
+    from atjax import model as model_lib
     from atjax.bench import flops as flops_lib
 
     def progress(message):  # stderr, so stdout stays one JSON line per setting
@@ -219,12 +224,12 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     progress(f"{statistics.median(windows) * 1e3:.2f} ms per step")
     if args.profile:
         progress(f"tracing {args.profile_steps} steps into {args.profile}")
-        from atjax.bench import profile as profile_lib
+        from atjax.bench import capture as capture_lib
         folder = pathlib.Path(args.profile)
         try:
             setting = {"head": head, "dtype": dtype, "batch_size": args.batch_size,
                        "overrides": list(args.overrides)}
-            summary = profile_lib.capture(setup, args.profile_steps, folder, setting=setting)
+            summary = capture_lib.capture(setup, args.profile_steps, folder, setting=setting)
             profiled = {"profile": str(folder), "device_busy_ms": summary["device_busy_ms"],
                         "device_idle_ms": summary["device_idle_ms"]}
         except Exception as e:  # a trace that cannot be read must not cost the timings
@@ -240,7 +245,8 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
     return {
         "bench": "train_step", "device": device.device_kind, "devices": jax.device_count(),
         "jax": jax.__version__, "head": head, "dtype": dtype,
-        "rng_impl": setup.config.get("rng_impl", "threefry2x32"),
+        "kernels": m.get("kernels"),
+        "rng_impl": model_lib.kernels(m, setup.config).rng_impl,
         "overrides": list(args.overrides), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "batch_size": args.batch_size, "clip_seconds": setup.num_samples / m.audio.frontend.sample_rate,
         "text_length": args.text_length, "text_encoder": m.text.encoder,
@@ -250,7 +256,7 @@ def run_setting(config, head: str, dtype: str, args) -> dict:
         "step_ms_sync": round(statistics.median(sync) * 1e3, 2) if sync else None,
         # The host's own time per call, read where nothing is queued (each step waited
         # for): in back-to-back windows a call also waits for room in the device's queue,
-        # and its time converges to the step's (seen on an H200).
+        # and its time converges to the step's when the device is the bottleneck.
         "dispatch_ms": round(statistics.median(sync_dispatches or dispatches) * 1e3, 3),
         "dispatch_ms_queued": round(statistics.median(dispatches) * 1e3, 3),
         "clips_per_s": round(args.batch_size / step_s, 1),
@@ -288,8 +294,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="bfloat16,float32")
     add_common_args(parser)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed window")
-    # Five, not three, since the 56115ca session: its medians of three moved with single
-    # stalled windows (README, speed section).
+    # Five: a median of three moves with a single stalled window.
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed pairs of windows (--steps and 2 x --steps steps)")
     parser.add_argument("--sync_steps", type=int, default=5,

@@ -26,7 +26,7 @@ TASKS = {
     "retrieval": "atjax.evaluate.retrieval",
     "zeroshot": "atjax.evaluate.zeroshot",
     "sed": "atjax.evaluate.sed",
-    "probes": "atjax.evaluate.probes",
+    "probes": "atjax.evaluate.language_probes",
 }
 
 

@@ -13,8 +13,9 @@ OUT/results.json gets the metrics and the settings; a table is printed.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from atjax import console
 
 
 def main(argv=None) -> int:
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="folder for results.json")
     parser.add_argument("--settings", action="store_true",
                         help="print the task's settings and exit")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(rest)
     if spec is not None:
         parser.error("tasks take no --config file; set single fields with --config.<name>=v")
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
         return 0
     if not args.model or not args.out:
         parser.error("--model and --out are required")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    console.setup(args.verbose)
 
     import atjax
 

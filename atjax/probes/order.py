@@ -13,10 +13,10 @@ gives a clip and its reversed twin the same embedding, so every twin comparison 
 Similarities within `tie_tolerance` of each other are ties, so that equal embeddings computed
 in different batches (float noise of order 1e-7) still tie.
 
-The two controls exist because BAT alone can mislead: a calibration run found an untrained
-model scoring 99% on BAT and 99% on its order-blind control. The text side alone can prefer
-the original sentence (e.g. "after" captions differ from "before" captions in a way any
-audio embedding picks up). So:
+The two controls exist because BAT alone can mislead: the text side alone can prefer the
+original sentence (e.g. "after" captions differ from "before" captions in a way any audio
+embedding picks up), so even an untrained model can score near 100% on BAT, and as much on
+its order-blind control (docs/data_pipeline.md). So:
   - twin test: is a pair caption closer to its own clip than to the reversed-order twin?
     It needs both sides: exactly 50% when the audio side is order-blind, and also when the
     text side is (a caption and its twin caption embedding alike score 1 + 0 or 0 + 1 on
