@@ -168,9 +168,6 @@ class _HeldLock:
         self.release()
 
 
-# Refuses a URL for a workdir; importable here too (atjax.export checks with it).
-check_workdir = ckpt_lib.check_workdir
-
 
 @dataclasses.dataclass
 class TrainResult:
